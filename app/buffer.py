@@ -1,0 +1,312 @@
+"""The Redis window buffer: the Lua scripts and the calls that run them.
+
+Ingest adds payloads to live counter hashes with one script call per shard.
+The flusher freezes a closed window into a snapshot (one script call per
+shard), reads the snapshot in batches, and deletes it only after PostgreSQL
+has committed it (see ``app.flush``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+
+from . import keys as k_
+from .config import Config
+from .keys import Keys
+from .windows import token_memory_ttl, window_index
+
+# KEYS[1] - the shard's window index (zset of window indexes with live data)
+# KEYS[2] - the window's ident set
+# KEYS[3] - token memory of window k
+# KEYS[4] - token memory of window k-1
+# KEYS[5] - token memory of window k-2
+# KEYS[5+i] - the counter hash of payload i (i = 1..N)
+# ARGV[1] - window index k
+# ARGV[2] - TTL of KEYS[3] in seconds
+# ARGV[3+6(i-1) ..] - payload i: ident, token, cdn, p2p, short, zero
+#   short - "1" if sessionDuration < window length, else "0"
+#   zero  - "1" if cdn + p2p == 0, else "0"
+# return - the number of sessions started
+#
+# cdn and p2p stay strings: HINCRBY adds them as 64-bit integers, where a Lua
+# number (a double) would round large sums and print 1e+12 as "1e+12".
+INGEST = """
+local started = 0
+local n = (#ARGV - 2) / 6
+for i = 0, n - 1 do
+  local a = 3 + i * 6
+  local ident, token, cdn, p2p = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local short, zero = ARGV[a + 4], ARGV[a + 5]
+  local counters = KEYS[6 + i]
+
+  local state = redis.call('HGET', KEYS[3], token)
+  local here = state
+  if not state then
+    -- Remembered in an earlier window: move the memory to this one, so each
+    -- token is held once and lives 2L past its latest payload.
+    state = redis.call('HGET', KEYS[4], token)
+    if state then
+      redis.call('HDEL', KEYS[4], token)
+    else
+      state = redis.call('HGET', KEYS[5], token)
+      if state then
+        redis.call('HDEL', KEYS[5], token)
+      end
+    end
+  end
+
+  local starts = short == '1' and state ~= '2' and (not state or zero == '1')
+  local new_state = '1'
+  if starts or state == '2' then
+    new_state = '2'
+  end
+  if here ~= new_state then
+    redis.call('HSET', KEYS[3], token, new_state)
+  end
+
+  if cdn ~= '0' then
+    redis.call('HINCRBY', counters, 'c', cdn)
+  end
+  if p2p ~= '0' then
+    redis.call('HINCRBY', counters, 'p', p2p)
+  end
+  redis.call('HINCRBY', counters, 'n', 1)
+  if starts then
+    redis.call('HINCRBY', counters, 's', 1)
+    started = started + 1
+  end
+  redis.call('SADD', KEYS[2], ident)
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return started
+"""
+
+# KEYS[1] - the shard's window index
+# KEYS[2] - the window's live ident set
+# KEYS[3] - the shard's pending-snapshot hash
+# KEYS[4] - the snapshot's ident list
+# ARGV[1] - window index k
+# ARGV[2] - the snapshot's field in KEYS[3] ("FLUSHID:k")
+# ARGV[3] - key prefix of the window's live counter hashes
+# ARGV[4] - key prefix of the snapshot's counter hashes
+# return - the number of counter hashes frozen (0: nothing to freeze)
+#
+# Payloads that arrive after this runs create fresh live keys, which a later
+# flush picks up. The snapshot is recorded before anything moves, and each
+# ident is listed before its hash is renamed, so an error half-way leaves
+# every counter either live or in a recorded snapshot, never in neither.
+FREEZE = """
+local idents = redis.call('SMEMBERS', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+if #idents == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
+local frozen = 0
+local chunk = {}
+local function move(batch)
+  redis.call('RPUSH', KEYS[4], unpack(batch))
+  for _, ident in ipairs(batch) do
+    redis.call('RENAME', ARGV[3] .. ident, ARGV[4] .. ident)
+  end
+end
+for _, ident in ipairs(idents) do
+  if redis.call('EXISTS', ARGV[3] .. ident) == 1 then
+    chunk[#chunk + 1] = ident
+    frozen = frozen + 1
+    if #chunk == 500 then
+      move(chunk)
+      chunk = {}
+    end
+  end
+end
+if #chunk > 0 then
+  move(chunk)
+end
+redis.call('DEL', KEYS[2])
+if frozen == 0 then
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
+return frozen
+"""
+
+
+@dataclass(frozen=True, order=True)
+class Snapshot:
+    """One frozen window of one shard, named by the flush that froze it."""
+
+    k: int
+    shard: int
+    flush_id: str
+
+    @property
+    def id(self) -> str:
+        """Globally unique: the ledger's primary key in PostgreSQL."""
+        return f"{self.flush_id}:{self.shard}:{self.k}"
+
+    @property
+    def field(self) -> str:
+        return f"{self.flush_id}:{self.k}"
+
+
+@dataclass(frozen=True)
+class Row:
+    customer: str
+    content: str
+    cdn: int
+    p2p: int
+    sessions: int
+    payloads: int
+
+
+class Scripts:
+    """The Lua scripts, registered once on one client (EVALSHA, EVAL on NOSCRIPT)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.ingest = redis.register_script(INGEST)
+        self.freeze = redis.register_script(FREEZE)
+
+
+def record(
+    redis: Redis,
+    scripts: Scripts,
+    config: Config,
+    payloads: Sequence[Mapping[str, Any]],
+    now: float,
+) -> int:
+    """Add validated payloads received at ``now`` to their window.
+
+    One script call per shard; a single payload is one round trip. Returns
+    the number of sessions started. Raises redis.RedisError if Redis fails.
+    """
+    keys = Keys(config.key_prefix)
+    length = config.window_seconds
+    k = window_index(now, length)
+    ttl = token_memory_ttl(k, now, length)
+    by_shard: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for p in payloads:
+        by_shard[k_.shard_of(p["token"], config.shards)].append(p)
+
+    calls = []
+    for shard, items in by_shard.items():
+        script_keys: list[Any] = [
+            keys.windows(shard),
+            keys.index(shard, k),
+            keys.tokens(shard, k),
+            keys.tokens(shard, k - 1),
+            keys.tokens(shard, k - 2),
+        ]
+        args: list[Any] = [k, ttl]
+        for p in items:
+            ident = k_.encode_ident(p["customer"], p["content"])
+            script_keys.append(keys.counters(shard, k, ident))
+            args += (
+                ident,
+                p["token"],
+                p["cdn"],
+                p["p2p"],
+                "1" if p["sessionDuration"] < config.window_ms else "0",
+                "1" if p["cdn"] + p["p2p"] == 0 else "0",
+            )
+        calls.append((script_keys, args))
+
+    if len(calls) == 1:
+        return int(scripts.ingest(keys=calls[0][0], args=calls[0][1]))
+    pipe = redis.pipeline(transaction=False)
+    for script_keys, args in calls:
+        scripts.ingest(keys=script_keys, args=args, client=pipe)
+    return sum(int(n) for n in pipe.execute())
+
+
+def closed_windows(redis: Redis, config: Config, shard: int, last_closed: int) -> list[int]:
+    """Window indexes of ``shard`` holding live data, up to ``last_closed``."""
+    found = redis.zrangebyscore(Keys(config.key_prefix).windows(shard), "-inf", last_closed)
+    return [int(k) for k in found]
+
+
+def freeze(redis: Redis, scripts: Scripts, config: Config, snapshot: Snapshot) -> int:
+    """Atomically move a window's live counters of one shard into ``snapshot``.
+
+    Returns the number of counter hashes frozen; 0 means no snapshot was made.
+    """
+    keys = Keys(config.key_prefix)
+    s, k, f = snapshot.shard, snapshot.k, snapshot.flush_id
+    return int(
+        scripts.freeze(
+            keys=[
+                keys.windows(s),
+                keys.index(s, k),
+                keys.snapshots(s),
+                keys.snapshot_list(s, f, k),
+            ],
+            args=[
+                k,
+                snapshot.field,
+                keys.counters_prefix(s, k),
+                keys.snapshot_counters_prefix(s, f, k),
+            ],
+        )
+    )
+
+
+def pending_snapshots(redis: Redis, config: Config) -> list[Snapshot]:
+    """Every snapshot not yet released, in every shard (left by any flusher)."""
+    keys = Keys(config.key_prefix)
+    pipe = redis.pipeline(transaction=False)
+    for shard in range(config.shards):
+        pipe.hkeys(keys.snapshots(shard))
+    found = []
+    for shard, fields in enumerate(pipe.execute()):
+        for raw in fields:
+            flush_id, _, k = raw.decode().rpartition(":")
+            found.append(Snapshot(k=int(k), shard=shard, flush_id=flush_id))
+    return sorted(found)
+
+
+def _idents(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[bytes]]:
+    name = Keys(config.key_prefix).snapshot_list(snapshot.shard, snapshot.flush_id, snapshot.k)
+    size = config.flush_batch_size
+    start = 0
+    while True:
+        batch = redis.lrange(name, start, start + size - 1)
+        if not batch:
+            return
+        yield batch
+        start += size
+
+
+def read_snapshot(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[Row]]:
+    """The snapshot's rows, in batches of at most ``config.flush_batch_size``."""
+    keys = Keys(config.key_prefix)
+    s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
+    for idents in _idents(redis, config, snapshot):
+        pipe = redis.pipeline(transaction=False)
+        for ident in idents:
+            pipe.hmget(keys.snapshot_counters(s, f, k, ident), k_.COUNTER_FIELDS)
+        rows = []
+        for ident, values in zip(idents, pipe.execute()):
+            if values[3] is None:  # listed but never renamed (see FREEZE)
+                continue
+            customer, content = k_.decode_ident(ident)
+            cdn, p2p, sessions, payloads = (int(v) if v is not None else 0 for v in values)
+            rows.append(Row(customer, content, cdn, p2p, sessions, payloads))
+        yield rows
+
+
+def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
+    """Delete a snapshot. Only ever called once PostgreSQL holds it; idempotent."""
+    keys = Keys(config.key_prefix)
+    s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
+    for idents in _idents(redis, config, snapshot):
+        redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
+    # The record goes last: while it exists, a crash here is re-driven.
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(keys.snapshot_list(s, f, k))
+    pipe.hdel(keys.snapshots(s), snapshot.field)
+    pipe.execute()

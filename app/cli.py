@@ -1,0 +1,161 @@
+"""The ``payload-stats`` command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+import psycopg2
+from redis.exceptions import RedisError
+
+from . import clients, db, logs, scheduler, supervisor
+from .config import Config, ConfigError
+from .flush import FlushReport, exit_at, flush_once, flush_with_lock, no_failpoint
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"payload-stats: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _config() -> Config:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    logs.configure(config)
+    return config
+
+
+def _require(config: Config, *names: str) -> None:
+    for name in names:
+        if not getattr(config, name.lower()):
+            _fail(f"{name} is not set (see .env.example)", 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="payload-stats")
+def cli() -> None:
+    """Video-player telemetry into billing-grade traffic statistics."""
+
+
+@cli.command("init-db")
+def init_db() -> None:
+    """Create or migrate the PostgreSQL schema (idempotent)."""
+    config = _config()
+    _require(config, "DATABASE_URL")
+    try:
+        applied = db.migrate(clients.database_pool(config, 1))
+    except psycopg2.Error as exc:
+        _fail(f"PostgreSQL: {_one_line(exc)}")
+    click.echo(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@cli.command()
+def flush() -> None:
+    """Flush every closed window now, print what was written, exit.
+
+    Exits 1 when Redis or PostgreSQL cannot be reached; nothing is lost then.
+    """
+    config = _config()
+    _require(config, "REDIS_URL", "DATABASE_URL")
+    failpoint = exit_at(config.failpoint) if config.failpoint else no_failpoint
+    redis = clients.redis_client(config)
+    pool = clients.database_pool(config, 1)
+    try:
+        db.migrate(pool)
+        # Wait for a running scheduler flush; if it is stuck, go ahead anyway:
+        # the ledger keeps two flushers exact, the lock only saves work.
+        report = flush_with_lock(redis, pool, config, wait_seconds=config.flush_lock_seconds,
+                                 failpoint=failpoint)
+        if report is None:
+            report = flush_once(redis, pool, config, failpoint=failpoint)
+    except RedisError as exc:
+        _fail(f"Redis: {_one_line(exc)}")
+    except psycopg2.Error as exc:
+        _fail(f"PostgreSQL: {_one_line(exc)}")
+    click.echo(_summary(report))
+
+
+def _summary(report: FlushReport) -> str:
+    if not report.windows:
+        return "nothing to flush"
+    lines = [f"flushed {len(report.windows)} window(s), {report.rows} row(s) "
+             f"in {report.duration_seconds:.3f}s (flush {report.flush_id})"]
+    for w in report.windows:
+        lines.append(
+            f"  {w.end.strftime('%Y-%m-%dT%H:%M:%SZ')}  rows={w.written.rows} "
+            f"cdn={w.written.cdn} p2p={w.written.p2p} sessions={w.written.sessions} "
+            f"payloads={w.written.payloads} lag={w.lag_seconds:.1f}s"
+        )
+    return "\n".join(lines)
+
+
+@cli.command("scheduler")
+def scheduler_command() -> None:
+    """Run the flush scheduler (one per deployment is enough; more are safe)."""
+    config = _config()
+    _require(config, "REDIS_URL", "DATABASE_URL")
+    failpoint = exit_at(config.failpoint) if config.failpoint else no_failpoint
+    scheduler.run(clients.redis_client(config), clients.database_pool(config, 2), config,
+                  failpoint)
+
+
+def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
+    argv = [sys.executable, "-m", "gunicorn", "--config", "python:app.gunicorn_conf"]
+    if bind:
+        argv += ["--bind", bind]
+    if workers:
+        argv += ["--workers", str(workers)]
+    return argv + ["app:create_app()"]
+
+
+@cli.command()
+@click.option("--bind", metavar="HOST:PORT", help="Listen address [STATS_BIND, 127.0.0.1:8000].")
+@click.option("--workers", type=click.IntRange(1), help="Gunicorn workers [STATS_WEB_WORKERS].")
+def web(bind: str | None, workers: int | None) -> None:
+    """Run the HTTP service (gunicorn; honours GUNICORN_CMD_ARGS)."""
+    config = _config()
+    _require(config, "REDIS_URL")
+    if bind:
+        try:
+            Config.from_env({"STATS_BIND": bind})
+        except ConfigError as exc:
+            _fail(f"--bind: {exc}", 2)
+    argv = _gunicorn_argv(bind, workers)
+    os.execv(argv[0], argv)
+
+
+@cli.command()
+@click.option("--bind", metavar="HOST:PORT", help="Listen address [STATS_BIND, 127.0.0.1:8000].")
+@click.option("--workers", type=click.IntRange(1), help="Gunicorn workers [STATS_WEB_WORKERS].")
+def serve(bind: str | None, workers: int | None) -> None:
+    """Run the HTTP service and the flush scheduler until SIGTERM/SIGINT."""
+    config = _config()
+    _require(config, "REDIS_URL", "DATABASE_URL")
+    env = dict(os.environ)
+    try:
+        db.migrate(clients.database_pool(config, 1))
+    except psycopg2.Error as exc:
+        # The scheduler keeps retrying; payloads are buffered in Redis meanwhile.
+        click.echo(f"payload-stats: warning: PostgreSQL: {_one_line(exc)}", err=True)
+    web_argv = [sys.executable, "-m", "app", "web"]
+    if bind:
+        web_argv += ["--bind", bind]
+    if workers:
+        web_argv += ["--workers", str(workers)]
+    started = time.monotonic()
+    code = supervisor.supervise([web_argv, [sys.executable, "-m", "app", "scheduler"]], env)
+    if code and time.monotonic() - started < 5:
+        _fail("a process failed to start; see the messages above", code)
+    sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="payload-stats")

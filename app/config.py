@@ -1,0 +1,162 @@
+"""Configuration: every environment variable, typed and validated once.
+
+``Config.from_env()`` is the only place the process environment is read for
+settings. Invalid values raise :class:`ConfigError` with a one-line message
+that names the variable, so a misconfigured process fails at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+FAILPOINTS = ("after_freeze", "mid_batch", "after_commit")
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Config:
+    redis_url: str | None = None
+    database_url: str | None = None
+    window_seconds: int = 300
+    flush_grace_seconds: float = 5.0
+    flush_interval_seconds: float = 10.0
+    shards: int = 8
+    key_prefix: str = "ps"
+    max_body_bytes: int = 1024 * 1024
+    redis_timeout_seconds: float = 1.0
+    flush_batch_size: int = 1000
+    flush_lock_seconds: float = 60.0
+    bind: str = "127.0.0.1:8000"
+    web_workers: int = 0  # 0: 2 x CPU cores + 1
+    log_level: str = "INFO"
+    log_format: str = "text"
+    failpoint: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Build the configuration from ``environ`` (default ``os.environ``).
+
+        Raises ConfigError on the first invalid variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (attr, parse) in _VARIABLES.items():
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[attr] = parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (used by tests and the embedded launcher)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update(changes)
+        return type(self)(**current)
+
+    @property
+    def window_ms(self) -> int:
+        return self.window_seconds * 1000
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ValueError(f"must be {bounds}")
+        return value
+
+    return parse
+
+
+def _number(low: float, *, exclusive: bool = False) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number")
+        if value < low or (exclusive and value == low):
+            raise ValueError(f"must be {'>' if exclusive else '>='} {low:g}")
+        return value
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        scheme = raw.split("://", 1)[0] if "://" in raw else ""
+        if scheme not in schemes:
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+def _key_prefix(raw: str) -> str:
+    # The hash tag {shard} must be the first braces in every key name.
+    if any(c in raw for c in "{}") or any(c.isspace() for c in raw):
+        raise ValueError("must not contain braces or white space")
+    return raw
+
+
+def _bind(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _log_format(raw: str) -> str:
+    if raw not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return raw
+
+
+def _failpoint(raw: str) -> str:
+    if raw not in FAILPOINTS:
+        raise ValueError(f"must be one of {', '.join(FAILPOINTS)}")
+    return raw
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix")),
+    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
+    "STATS_WINDOW_SECONDS": ("window_seconds", _integer(1, 86400)),
+    "STATS_FLUSH_GRACE_SECONDS": ("flush_grace_seconds", _number(0)),
+    "STATS_FLUSH_INTERVAL_SECONDS": ("flush_interval_seconds", _number(0, exclusive=True)),
+    "STATS_SHARDS": ("shards", _integer(1, 16384)),
+    "STATS_KEY_PREFIX": ("key_prefix", _key_prefix),
+    "STATS_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024)),
+    "STATS_REDIS_TIMEOUT_SECONDS": ("redis_timeout_seconds", _number(0, exclusive=True)),
+    "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", _integer(1, 100_000)),
+    "STATS_FLUSH_LOCK_SECONDS": ("flush_lock_seconds", _number(1)),
+    "STATS_BIND": ("bind", _bind),
+    "STATS_WEB_WORKERS": ("web_workers", _integer(0, 1024)),
+    "STATS_LOG_LEVEL": ("log_level", _log_level),
+    "STATS_LOG_FORMAT": ("log_format", _log_format),
+    "STATS_FAILPOINT": ("failpoint", _failpoint),
+}
+
+#: The variables ``Config.from_env`` reads, for docs and deployment checks.
+VARIABLES = tuple(_VARIABLES)

@@ -1,0 +1,75 @@
+"""The error family and the JSON error handlers.
+
+Every error body is ``{"error": code, "message": text, ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error answered to the client; subclasses set ``status`` and ``code``."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class InvalidJSON(APIError):
+    code = "invalid_json"
+
+
+class InvalidPayload(APIError):
+    code = "invalid_payload"
+
+    def __init__(self, messages: dict[str, Any]) -> None:
+        names = ", ".join(sorted(str(name) for name in messages))
+        super().__init__(f"Invalid payload: {names}.", fields=messages)
+
+
+class Unavailable(APIError):
+    status = 503
+    code = "unavailable"
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def handle_api_error(exc: APIError) -> Response:
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return _json(exc.body(), exc.status, headers)
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+    return _json({"error": code, "message": exc.description}, exc.code or 500, headers)
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled_exception")
+    return _json({"error": "internal_error", "message": "Internal server error."}, 500)
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

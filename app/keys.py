@@ -1,0 +1,94 @@
+"""Every Redis key name the service uses, and nowhere else.
+
+All keys of one shard share the hash tag ``{s}`` (Redis Cluster puts them in
+one slot), so a script call may touch any of them. A payload's shard is a
+stable hash of its session token, so a token's memory lives beside it.
+
+Layout, with ``P`` the key prefix, ``s`` the shard, ``k`` the window index::
+
+    P:{s}:windows                zset  windows with live data in the shard (score k)
+    P:{s}:w:k:idx                set   idents of the window's live counter hashes
+    P:{s}:w:k:c:IDENT            hash  live counters (fields below)
+    P:{s}:t:k                    hash  token memory: token -> "1" seen, "2" session started
+    P:{s}:snaps                  hash  pending snapshots: "FLUSHID:k" -> k
+    P:{s}:x:FLUSHID:k:list       list  idents of a frozen snapshot
+    P:{s}:x:FLUSHID:k:c:IDENT    hash  frozen counters
+    P:lock:flush                       the flusher's lock
+
+``IDENT`` encodes a (customer, content) pair as ``<n>:<customer>:<content>``
+where ``n`` is the UTF-8 byte length of the customer: the length prefix keeps
+every pair apart, whatever characters the names hold.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+# Fields of a counter hash. One byte each: a counter hash exists per window,
+# shard, customer and content, so field names are paid for millions of times.
+CDN = b"c"
+P2P = b"p"
+SESSIONS = b"s"
+PAYLOADS = b"n"
+COUNTER_FIELDS = (CDN, P2P, SESSIONS, PAYLOADS)
+
+
+def shard_of(token: str, shards: int) -> int:
+    """The shard of a session token: stable across processes and hosts."""
+    return zlib.crc32(token.encode("utf-8")) % shards
+
+
+def encode_ident(customer: str, content: str) -> bytes:
+    c = customer.encode("utf-8")
+    return b"%d:%s:%s" % (len(c), c, content.encode("utf-8"))
+
+
+def decode_ident(ident: bytes) -> tuple[str, str]:
+    """The (customer, content) pair of an ident. Raises ValueError if malformed."""
+    head, sep, rest = ident.partition(b":")
+    if not sep or not head.isdigit():
+        raise ValueError(f"malformed ident {ident!r}")
+    n = int(head)
+    if len(rest) < n + 1 or rest[n : n + 1] != b":":
+        raise ValueError(f"malformed ident {ident!r}")
+    return rest[:n].decode("utf-8"), rest[n + 1 :].decode("utf-8")
+
+
+class Keys:
+    """Key names for one key prefix; methods take the shard (and window)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def _tag(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard}}}"
+
+    def windows(self, shard: int) -> str:
+        return f"{self._tag(shard)}:windows"
+
+    def index(self, shard: int, k: int) -> str:
+        return f"{self._tag(shard)}:w:{k}:idx"
+
+    def counters_prefix(self, shard: int, k: int) -> str:
+        return f"{self._tag(shard)}:w:{k}:c:"
+
+    def counters(self, shard: int, k: int, ident: bytes) -> bytes:
+        return self.counters_prefix(shard, k).encode() + ident
+
+    def tokens(self, shard: int, k: int) -> str:
+        return f"{self._tag(shard)}:t:{k}"
+
+    def snapshots(self, shard: int) -> str:
+        return f"{self._tag(shard)}:snaps"
+
+    def snapshot_list(self, shard: int, flush_id: str, k: int) -> str:
+        return f"{self._tag(shard)}:x:{flush_id}:{k}:list"
+
+    def snapshot_counters_prefix(self, shard: int, flush_id: str, k: int) -> str:
+        return f"{self._tag(shard)}:x:{flush_id}:{k}:c:"
+
+    def snapshot_counters(self, shard: int, flush_id: str, k: int, ident: bytes) -> bytes:
+        return self.snapshot_counters_prefix(shard, flush_id, k).encode() + ident
+
+    def flush_lock(self) -> str:
+        return f"{self.prefix}:lock:flush"

@@ -1,0 +1,114 @@
+"""The flush scheduler: the only place APScheduler is started.
+
+It runs in its own process (``payload-stats scheduler``), never inside
+gunicorn workers, so N web workers do not mean N flushers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from datetime import datetime, timezone
+
+import psycopg2
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from psycopg2.pool import ThreadedConnectionPool
+from redis import Redis
+from redis.exceptions import RedisError
+
+from . import db
+from .buffer import Scripts
+from .config import Config
+from .flush import Clock, Failpoint, flush_with_lock, no_failpoint
+
+logger = logging.getLogger(__name__)
+
+
+class FlushJob:
+    """One scheduled run: make sure the schema exists, then flush under the lock.
+
+    Failures are logged and retried at the next run; Redis keeps the data.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        pool: ThreadedConnectionPool,
+        config: Config,
+        clock: Clock = time.time,
+        failpoint: Failpoint = no_failpoint,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+        self.failpoint = failpoint
+        self.scripts = Scripts(redis)
+        self.schema_ready = False
+
+    def __call__(self) -> None:
+        try:
+            if not self.schema_ready:
+                db.migrate(self.pool)
+                self.schema_ready = True
+            flush_with_lock(
+                self.redis, self.pool, self.config, self.clock,
+                scripts=self.scripts, failpoint=self.failpoint,
+            )
+        except (psycopg2.Error, RedisError) as exc:
+            logger.error("flush_failed", extra={"reason": _one_line(exc)})
+        except Exception:
+            logger.exception("flush_failed")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def build_scheduler(job: FlushJob, config: Config) -> BlockingScheduler:
+    """A scheduler running ``job`` every ``STATS_FLUSH_INTERVAL_SECONDS``, first run now."""
+    scheduler = BlockingScheduler(timezone=timezone.utc)
+    scheduler.add_job(
+        job,
+        IntervalTrigger(seconds=config.flush_interval_seconds),
+        id="flush",
+        name="flush closed windows",
+        # One flush at a time in this process; runs missed while one was
+        # slow collapse into one, which flushes everything closed anyway.
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(60, int(config.flush_interval_seconds * 10)),
+        next_run_time=datetime.now(timezone.utc),
+    )
+    return scheduler
+
+
+def run(
+    redis: Redis,
+    pool: ThreadedConnectionPool,
+    config: Config,
+    failpoint: Failpoint = no_failpoint,
+) -> None:
+    """Run the scheduler until SIGTERM or SIGINT; a running flush completes first."""
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scheduler = build_scheduler(FlushJob(redis, pool, config, failpoint=failpoint), config)
+
+    def stop(signum: int, frame: object) -> None:
+        logger.info("scheduler_stopping", extra={"signal": signal.Signals(signum).name})
+        scheduler.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info(
+        "scheduler_started",
+        extra={
+            "interval_s": config.flush_interval_seconds,
+            "window_s": config.window_seconds,
+            "grace_s": config.flush_grace_seconds,
+            "shards": config.shards,
+        },
+    )
+    scheduler.start()
+    logger.info("scheduler_stopped")
