@@ -10,7 +10,7 @@ from flask import Flask
 from redis import Redis
 
 from . import clients, errors, logs
-from .api import ingest
+from .api import health, ingest
 from .buffer import Scripts
 from .config import Config
 from .schemas import PayloadSchema
@@ -46,5 +46,6 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
         clock=clock or time.time,
     )
     app.register_blueprint(ingest.bp)
+    app.register_blueprint(health.bp)
     errors.init_app(app)
     return app

@@ -10,7 +10,7 @@ import click
 import psycopg2
 from redis.exceptions import RedisError
 
-from . import clients, db, logs, scheduler, supervisor
+from . import clients, db, embedded, logs, scheduler, supervisor
 from .config import Config, ConfigError
 from .flush import FlushReport, exit_at, flush_once, flush_with_lock, no_failpoint
 
@@ -24,19 +24,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _config() -> Config:
+def _config(*, attach: bool = True) -> Config:
+    """The configuration; unset URLs are taken from a running embedded ``serve``."""
     try:
         config = Config.from_env()
     except ConfigError as exc:
         _fail(str(exc), 2)
     logs.configure(config)
-    return config
+    return embedded.attach(config) if attach else config
 
 
 def _require(config: Config, *names: str) -> None:
     for name in names:
         if not getattr(config, name.lower()):
-            _fail(f"{name} is not set (see .env.example)", 2)
+            _fail(f"{name} is not set (see .env.example; `payload-stats serve` "
+                  "starts embedded servers when it is unset)", 2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,10 +138,21 @@ def web(bind: str | None, workers: int | None) -> None:
 @click.option("--bind", metavar="HOST:PORT", help="Listen address [STATS_BIND, 127.0.0.1:8000].")
 @click.option("--workers", type=click.IntRange(1), help="Gunicorn workers [STATS_WEB_WORKERS].")
 def serve(bind: str | None, workers: int | None) -> None:
-    """Run the HTTP service and the flush scheduler until SIGTERM/SIGINT."""
-    config = _config()
-    _require(config, "REDIS_URL", "DATABASE_URL")
-    env = dict(os.environ)
+    """Run the HTTP service and the flush scheduler until SIGTERM/SIGINT.
+
+    With REDIS_URL or DATABASE_URL unset, starts embedded servers for them
+    under STATS_DATA_DIR (pip install 'payload-stats[embedded]').
+    """
+    config = _config(attach=False)
+    try:
+        with embedded.EmbeddedServers(config) as servers:
+            code = _serve(servers.config, bind, workers)
+    except embedded.EmbeddedError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+def _serve(config: Config, bind: str | None, workers: int | None) -> int:
     try:
         db.migrate(clients.database_pool(config, 1))
     except psycopg2.Error as exc:
@@ -150,11 +163,19 @@ def serve(bind: str | None, workers: int | None) -> None:
         web_argv += ["--bind", bind]
     if workers:
         web_argv += ["--workers", str(workers)]
+    click.echo(
+        f"payload-stats: serving on http://{bind or config.bind}\n"
+        f"  REDIS_URL={config.redis_url}\n  DATABASE_URL={config.database_url}",
+        err=True,
+    )
     started = time.monotonic()
-    code = supervisor.supervise([web_argv, [sys.executable, "-m", "app", "scheduler"]], env)
+    code = supervisor.supervise(
+        [web_argv, [sys.executable, "-m", "app", "scheduler"]], embedded.environment(config)
+    )
     if code and time.monotonic() - started < 5:
-        _fail("a process failed to start; see the messages above", code)
-    sys.exit(code)
+        click.echo("payload-stats: error: a process failed to start; see the messages above",
+                   err=True)
+    return code
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ class Config:
     redis_timeout_seconds: float = 1.0
     flush_batch_size: int = 1000
     flush_lock_seconds: float = 60.0
+    data_dir: str = "var"
     bind: str = "127.0.0.1:8000"
     web_workers: int = 0  # 0: 2 x CPU cores + 1
     log_level: str = "INFO"
@@ -151,6 +152,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "STATS_REDIS_TIMEOUT_SECONDS": ("redis_timeout_seconds", _number(0, exclusive=True)),
     "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", _integer(1, 100_000)),
     "STATS_FLUSH_LOCK_SECONDS": ("flush_lock_seconds", _number(1)),
+    "STATS_DATA_DIR": ("data_dir", str),
     "STATS_BIND": ("bind", _bind),
     "STATS_WEB_WORKERS": ("web_workers", _integer(0, 1024)),
     "STATS_LOG_LEVEL": ("log_level", _log_level),

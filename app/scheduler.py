@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from datetime import datetime, timezone
 
 import psycopg2
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
@@ -67,9 +68,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def build_scheduler(job: FlushJob, config: Config) -> BlockingScheduler:
+def build_scheduler(job: FlushJob, config: Config) -> BackgroundScheduler:
     """A scheduler running ``job`` every ``STATS_FLUSH_INTERVAL_SECONDS``, first run now."""
-    scheduler = BlockingScheduler(timezone=timezone.utc)
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
     scheduler.add_job(
         job,
         IntervalTrigger(seconds=config.flush_interval_seconds),
@@ -94,10 +95,12 @@ def run(
     """Run the scheduler until SIGTERM or SIGINT; a running flush completes first."""
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     scheduler = build_scheduler(FlushJob(redis, pool, config, failpoint=failpoint), config)
+    stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
-        logger.info("scheduler_stopping", extra={"signal": signal.Signals(signum).name})
-        scheduler.shutdown(wait=True)
+        if not stopping.is_set():
+            logger.info("scheduler_stopping", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -111,4 +114,6 @@ def run(
         },
     )
     scheduler.start()
+    stopping.wait()
+    scheduler.shutdown(wait=True)
     logger.info("scheduler_stopped")
