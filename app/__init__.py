@@ -6,13 +6,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, Response, g, request
+from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
 
 from . import clients, errors, logs
-from .api import health, ingest
+from .api import docs, health, ingest, metrics, query
 from .buffer import Scripts
 from .config import Config
+from .metrics import Metrics
 from .schemas import PayloadSchema
 
 
@@ -25,12 +27,15 @@ class Services:
     scripts: Scripts
     schema: PayloadSchema
     clock: Callable[[], float]
+    metrics: Metrics
+    pool: ThreadedConnectionPool | None  # None: DATABASE_URL unset (ingest only)
 
 
 def create_app(config: Config | None = None, *, clock: Callable[[], float] | None = None) -> Flask:
     """The WSGI application: config, then clients, then blueprints, then error handlers.
 
-    Raises ConfigError when the configuration is invalid.
+    Clients connect lazily, so this never touches the network. Raises
+    ConfigError when the configuration is invalid.
     """
     config = config or Config.from_env()
     logs.configure(config)
@@ -38,14 +43,37 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     redis = clients.redis_client(config)
-    app.extensions["payload_stats"] = Services(
+    services = Services(
         config=config,
         redis=redis,
         scripts=Scripts(redis),
         schema=PayloadSchema(),
         clock=clock or time.time,
+        metrics=Metrics(),
+        pool=clients.database_pool(config, 2) if config.database_url else None,
     )
-    app.register_blueprint(ingest.bp)
-    app.register_blueprint(health.bp)
+    app.extensions["payload_stats"] = services
+    for blueprint in (ingest.bp, query.bp, health.bp, metrics.bp, docs.bp):
+        app.register_blueprint(blueprint)
     errors.init_app(app)
+    _instrument(app, services.metrics)
     return app
+
+
+def _instrument(app: Flask, m: Metrics) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def observe(response: Response) -> Response:
+        started = g.get("started")
+        if started is not None:
+            # The route pattern, not the path: unknown paths must not create series.
+            endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+            m.latency.labels(endpoint, request.method, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        if response.status_code >= 400 and request.endpoint in ingest.ENDPOINTS:
+            m.rejected.labels(g.get("error_code", str(response.status_code))).inc()
+        return response

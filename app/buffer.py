@@ -28,63 +28,104 @@ from .windows import token_memory_ttl, window_index
 # KEYS[5+i] - the counter hash of payload i (i = 1..N)
 # ARGV[1] - window index k
 # ARGV[2] - TTL of KEYS[3] in seconds
-# ARGV[3+6(i-1) ..] - payload i: ident, token, cdn, p2p, short, zero
-#   short - "1" if sessionDuration < window length, else "0"
-#   zero  - "1" if cdn + p2p == 0, else "0"
-# return - the number of sessions started
+# ARGV[3] - de-duplication horizon in windows, 0..2 (0: off)
+# ARGV[4+7(i-1) ..] - payload i: ident, token, cdn, p2p, short, zero, duration
+#   short    - "1" if sessionDuration < window length, else "0"
+#   zero     - "1" if cdn + p2p == 0, else "0"
+#   duration - sessionDuration, the retry key with the token
+# return - {sessions started, duplicates skipped}
+#
+# Token memory values: one state character ("1" seen, "2" session started),
+# then, with de-duplication on, the sessionDurations accepted per window:
+# "2|5985624:,30000,60000,|5985625:,90000,". A payload whose duration is
+# listed is a retry: it is answered but counts nothing.
 #
 # cdn and p2p stay strings: HINCRBY adds them as 64-bit integers, where a Lua
 # number (a double) would round large sums and print 1e+12 as "1e+12".
 INGEST = """
-local started = 0
-local n = (#ARGV - 2) / 6
+local k = tonumber(ARGV[1])
+local horizon = tonumber(ARGV[3])
+
+-- The record's duration groups, without those older than the horizon,
+-- plus this duration.
+local function remember(groups, duration)
+  local last = string.match(groups, '|(%d+):[^|]*$')
+  if last == ARGV[1] then
+    return groups .. duration .. ','
+  end
+  local kept = ''
+  for w, list in string.gmatch(groups, '|(%d+):([^|]*)') do
+    if tonumber(w) >= k - horizon then
+      kept = kept .. '|' .. w .. ':' .. list
+    end
+  end
+  return kept .. '|' .. ARGV[1] .. ':,' .. duration .. ','
+end
+
+local started, duplicates, counted = 0, 0, 0
+local n = (#ARGV - 3) / 7
 for i = 0, n - 1 do
-  local a = 3 + i * 6
+  local a = 4 + i * 7
   local ident, token, cdn, p2p = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local short, zero = ARGV[a + 4], ARGV[a + 5]
+  local short, zero, duration = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
   local counters = KEYS[6 + i]
 
-  local state = redis.call('HGET', KEYS[3], token)
-  local here = state
-  if not state then
+  local record = redis.call('HGET', KEYS[3], token)
+  local here = record
+  if not record then
     -- Remembered in an earlier window: move the memory to this one, so each
     -- token is held once and lives 2L past its latest payload.
-    state = redis.call('HGET', KEYS[4], token)
-    if state then
+    record = redis.call('HGET', KEYS[4], token)
+    if record then
       redis.call('HDEL', KEYS[4], token)
     else
-      state = redis.call('HGET', KEYS[5], token)
-      if state then
+      record = redis.call('HGET', KEYS[5], token)
+      if record then
         redis.call('HDEL', KEYS[5], token)
       end
     end
   end
+  local state = record and string.sub(record, 1, 1)
+  local groups = record and string.sub(record, 2) or ''
 
-  local starts = short == '1' and state ~= '2' and (not state or zero == '1')
-  local new_state = '1'
-  if starts or state == '2' then
-    new_state = '2'
-  end
-  if here ~= new_state then
-    redis.call('HSET', KEYS[3], token, new_state)
-  end
+  if horizon > 0 and string.find(groups, ',' .. duration .. ',', 1, true) then
+    duplicates = duplicates + 1
+    if not here then
+      redis.call('HSET', KEYS[3], token, record)
+    end
+  else
+    local starts = short == '1' and state ~= '2' and (not state or zero == '1')
+    local new_record = '1'
+    if starts or state == '2' then
+      new_record = '2'
+    end
+    if horizon > 0 then
+      new_record = new_record .. remember(groups, duration)
+    end
+    if here ~= new_record then
+      redis.call('HSET', KEYS[3], token, new_record)
+    end
 
-  if cdn ~= '0' then
-    redis.call('HINCRBY', counters, 'c', cdn)
+    if cdn ~= '0' then
+      redis.call('HINCRBY', counters, 'c', cdn)
+    end
+    if p2p ~= '0' then
+      redis.call('HINCRBY', counters, 'p', p2p)
+    end
+    redis.call('HINCRBY', counters, 'n', 1)
+    if starts then
+      redis.call('HINCRBY', counters, 's', 1)
+      started = started + 1
+    end
+    redis.call('SADD', KEYS[2], ident)
+    counted = counted + 1
   end
-  if p2p ~= '0' then
-    redis.call('HINCRBY', counters, 'p', p2p)
-  end
-  redis.call('HINCRBY', counters, 'n', 1)
-  if starts then
-    redis.call('HINCRBY', counters, 's', 1)
-    started = started + 1
-  end
-  redis.call('SADD', KEYS[2], ident)
 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+if counted > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+end
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-return started
+return {started, duplicates}
 """
 
 # KEYS[1] - the shard's window index
@@ -173,22 +214,33 @@ class Scripts:
         self.freeze = redis.register_script(FREEZE)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What one ``record`` call did."""
+
+    accepted: int  # payloads counted
+    duplicates: int  # retries of payloads already counted, skipped
+    sessions: int  # sessions started
+
+
 def record(
     redis: Redis,
     scripts: Scripts,
     config: Config,
     payloads: Sequence[Mapping[str, Any]],
     now: float,
-) -> int:
+) -> Recorded:
     """Add validated payloads received at ``now`` to their window.
 
-    One script call per shard; a single payload is one round trip. Returns
-    the number of sessions started. Raises redis.RedisError if Redis fails.
+    One script call per shard: a single payload is one round trip; a batch
+    spanning shards is one MULTI/EXEC, so all of it lands or none does.
+    Raises redis.RedisError if Redis fails.
     """
     keys = Keys(config.key_prefix)
     length = config.window_seconds
     k = window_index(now, length)
-    ttl = token_memory_ttl(k, now, length)
+    head = [k, token_memory_ttl(k, now, length), config.dedup_windows]
+    short_below = config.window_ms
     by_shard: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for p in payloads:
         by_shard[k_.shard_of(p["token"], config.shards)].append(p)
@@ -202,26 +254,32 @@ def record(
             keys.tokens(shard, k - 1),
             keys.tokens(shard, k - 2),
         ]
-        args: list[Any] = [k, ttl]
+        args: list[Any] = list(head)
         for p in items:
             ident = k_.encode_ident(p["customer"], p["content"])
             script_keys.append(keys.counters(shard, k, ident))
+            cdn, p2p, duration = p["cdn"], p["p2p"], p["sessionDuration"]
             args += (
                 ident,
                 p["token"],
-                p["cdn"],
-                p["p2p"],
-                "1" if p["sessionDuration"] < config.window_ms else "0",
-                "1" if p["cdn"] + p["p2p"] == 0 else "0",
+                cdn,
+                p2p,
+                "1" if duration < short_below else "0",
+                "1" if cdn + p2p == 0 else "0",
+                duration,
             )
         calls.append((script_keys, args))
 
     if len(calls) == 1:
-        return int(scripts.ingest(keys=calls[0][0], args=calls[0][1]))
-    pipe = redis.pipeline(transaction=False)
-    for script_keys, args in calls:
-        scripts.ingest(keys=script_keys, args=args, client=pipe)
-    return sum(int(n) for n in pipe.execute())
+        results = [scripts.ingest(keys=calls[0][0], args=calls[0][1])]
+    else:
+        pipe = redis.pipeline(transaction=True)
+        for script_keys, args in calls:
+            scripts.ingest(keys=script_keys, args=args, client=pipe)
+        results = pipe.execute()
+    sessions = sum(int(r[0]) for r in results)
+    duplicates = sum(int(r[1]) for r in results)
+    return Recorded(len(payloads) - duplicates, duplicates, sessions)
 
 
 def closed_windows(redis: Redis, config: Config, shard: int, last_closed: int) -> list[int]:
@@ -253,6 +311,16 @@ def freeze(redis: Redis, scripts: Scripts, config: Config, snapshot: Snapshot) -
             ],
         )
     )
+
+
+def buffered_windows(redis: Redis, config: Config) -> set[int]:
+    """Indexes of every window with data in Redis: live or frozen, any shard."""
+    keys = Keys(config.key_prefix)
+    pipe = redis.pipeline(transaction=False)
+    for shard in range(config.shards):
+        pipe.zrange(keys.windows(shard), 0, -1)
+        pipe.hvals(keys.snapshots(shard))
+    return {int(k) for found in pipe.execute() for k in found}
 
 
 def pending_snapshots(redis: Redis, config: Config) -> list[Snapshot]:
@@ -290,7 +358,7 @@ def read_snapshot(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[
         for ident in idents:
             pipe.hmget(keys.snapshot_counters(s, f, k, ident), k_.COUNTER_FIELDS)
         rows = []
-        for ident, values in zip(idents, pipe.execute()):
+        for ident, values in zip(idents, pipe.execute(), strict=True):
             if values[3] is None:  # listed but never renamed (see FREEZE)
                 continue
             customer, content = k_.decode_ident(ident)

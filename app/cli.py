@@ -102,11 +102,30 @@ def _summary(report: FlushReport) -> str:
 @cli.command("scheduler")
 def scheduler_command() -> None:
     """Run the flush scheduler (one per deployment is enough; more are safe)."""
+    os.environ.setdefault("STATS_LOG_FORMAT", "json")
     config = _config()
     _require(config, "REDIS_URL", "DATABASE_URL")
     failpoint = exit_at(config.failpoint) if config.failpoint else no_failpoint
     scheduler.run(clients.redis_client(config), clients.database_pool(config, 2), config,
                   failpoint)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Print one table and exit (for scripts).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1),
+              help="Rows shown, by traffic.")
+@click.option("--customer", help="Only this customer.")
+def live(once: bool, limit: int, customer: str | None) -> None:
+    """Watch the open window's traffic, refreshed every second."""
+    from . import live_view  # rich is only needed here
+
+    config = _config()
+    _require(config, "REDIS_URL")
+    try:
+        live_view.run(clients.redis_client(config), config, once=once, limit=limit,
+                      customer=customer)
+    except RedisError as exc:
+        _fail(f"Redis: {_one_line(exc)}")
 
 
 def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
@@ -131,6 +150,7 @@ def web(bind: str | None, workers: int | None) -> None:
         except ConfigError as exc:
             _fail(f"--bind: {exc}", 2)
     argv = _gunicorn_argv(bind, workers)
+    os.environ.setdefault("STATS_LOG_FORMAT", "json")  # one object per line under gunicorn
     os.execv(argv[0], argv)
 
 
@@ -168,10 +188,10 @@ def _serve(config: Config, bind: str | None, workers: int | None) -> int:
         f"  REDIS_URL={config.redis_url}\n  DATABASE_URL={config.database_url}",
         err=True,
     )
+    env = embedded.environment(config)
+    env.setdefault("STATS_LOG_FORMAT", config.log_format)  # a terminal: text unless asked
     started = time.monotonic()
-    code = supervisor.supervise(
-        [web_argv, [sys.executable, "-m", "app", "scheduler"]], embedded.environment(config)
-    )
+    code = supervisor.supervise([web_argv, [sys.executable, "-m", "app", "scheduler"]], env)
     if code and time.monotonic() - started < 5:
         click.echo("payload-stats: error: a process failed to start; see the messages above",
                    err=True)

@@ -27,6 +27,7 @@ class Config:
     flush_grace_seconds: float = 5.0
     flush_interval_seconds: float = 10.0
     shards: int = 8
+    dedup_seconds: int | None = None  # None: two windows
     key_prefix: str = "ps"
     max_body_bytes: int = 1024 * 1024
     redis_timeout_seconds: float = 1.0
@@ -37,6 +38,9 @@ class Config:
     web_workers: int = 0  # 0: 2 x CPU cores + 1
     log_level: str = "INFO"
     log_format: str = "text"
+    retention_days: int = 365
+    api_token: str | None = field(default=None, repr=False)
+    ingest_token: str | None = field(default=None, repr=False)
     failpoint: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -63,9 +67,23 @@ class Config:
         current.update(changes)
         return type(self)(**current)
 
+    def __post_init__(self) -> None:
+        if self.dedup_seconds is not None and self.dedup_seconds > 2 * self.window_seconds:
+            raise ConfigError(
+                "STATS_DEDUP_SECONDS: must be at most 2 x STATS_WINDOW_SECONDS "
+                f"({2 * self.window_seconds}), as long as token memory lasts "
+                f"(got {self.dedup_seconds})"
+            )
+
     @property
     def window_ms(self) -> int:
         return self.window_seconds * 1000
+
+    @property
+    def dedup_windows(self) -> int:
+        """The retry horizon in whole windows (rounded up), 0 when off."""
+        seconds = 2 * self.window_seconds if self.dedup_seconds is None else self.dedup_seconds
+        return -(-seconds // self.window_seconds)
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -101,7 +119,8 @@ def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         scheme = raw.split("://", 1)[0] if "://" in raw else ""
         if scheme not in schemes:
-            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+            starts = " or ".join(s + "://" for s in schemes)
+            raise ValueError(f"must be a URL starting with {starts}")
         return raw
 
     return parse
@@ -147,6 +166,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "STATS_FLUSH_GRACE_SECONDS": ("flush_grace_seconds", _number(0)),
     "STATS_FLUSH_INTERVAL_SECONDS": ("flush_interval_seconds", _number(0, exclusive=True)),
     "STATS_SHARDS": ("shards", _integer(1, 16384)),
+    "STATS_DEDUP_SECONDS": ("dedup_seconds", _integer(0, 2 * 86400)),
     "STATS_KEY_PREFIX": ("key_prefix", _key_prefix),
     "STATS_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024)),
     "STATS_REDIS_TIMEOUT_SECONDS": ("redis_timeout_seconds", _number(0, exclusive=True)),
@@ -157,6 +177,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "STATS_WEB_WORKERS": ("web_workers", _integer(0, 1024)),
     "STATS_LOG_LEVEL": ("log_level", _log_level),
     "STATS_LOG_FORMAT": ("log_format", _log_format),
+    "STATS_RETENTION_DAYS": ("retention_days", _integer(0)),
+    "STATS_API_TOKEN": ("api_token", str),
+    "STATS_INGEST_TOKEN": ("ingest_token", str),
     "STATS_FAILPOINT": ("failpoint", _failpoint),
 }
 

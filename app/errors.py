@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,15 @@ class InvalidJSON(APIError):
     code = "invalid_json"
 
 
+class InvalidGzip(APIError):
+    code = "invalid_gzip"
+
+
+class UnsupportedEncoding(APIError):
+    status = 415
+    code = "unsupported_encoding"
+
+
 class InvalidPayload(APIError):
     code = "invalid_payload"
 
@@ -41,12 +50,46 @@ class InvalidPayload(APIError):
         super().__init__(f"Invalid payload: {names}.", fields=messages)
 
 
+class BadBatch(APIError):
+    """The batch itself is malformed: not a list, empty or too long."""
+
+    code = "invalid_batch"
+
+
+class InvalidBatch(APIError):
+    """Some payloads of a batch are invalid; none of the batch is written."""
+
+    code = "invalid_payload"
+
+    def __init__(self, errors: dict[str, Any], total: int) -> None:
+        items = ", ".join(sorted(errors, key=int))
+        super().__init__(
+            f"{len(errors)} of {total} payloads are invalid (items {items}); "
+            "nothing was written.",
+            errors=errors,
+        )
+
+
+class Unauthorized(APIError):
+    status = 401
+    code = "unauthorized"
+
+
+class InvalidParameter(APIError):
+    code = "invalid_parameter"
+
+    def __init__(self, messages: dict[str, Any]) -> None:
+        names = ", ".join(sorted(str(name) for name in messages))
+        super().__init__(f"Invalid query parameter: {names}.", fields=messages)
+
+
 class Unavailable(APIError):
     status = 503
     code = "unavailable"
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    g.error_code = body["error"]  # the reason label of the rejection metric
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
@@ -54,7 +97,11 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 
 
 def handle_api_error(exc: APIError) -> Response:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    headers = None
+    if exc.status == 503:
+        headers = {"Retry-After": "1"}
+    elif exc.status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="payload-stats"'}
     return _json(exc.body(), exc.status, headers)
 
 

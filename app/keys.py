@@ -14,6 +14,7 @@ Layout, with ``P`` the key prefix, ``s`` the shard, ``k`` the window index::
     P:{s}:x:FLUSHID:k:list       list  idents of a frozen snapshot
     P:{s}:x:FLUSHID:k:c:IDENT    hash  frozen counters
     P:lock:flush                       the flusher's lock
+    P:flush:stats                hash  flush counters for /metrics
 
 ``IDENT`` encodes a (customer, content) pair as ``<n>:<customer>:<content>``
 where ``n`` is the UTF-8 byte length of the customer: the length prefix keeps
@@ -92,3 +93,6 @@ class Keys:
 
     def flush_lock(self) -> str:
         return f"{self.prefix}:lock:flush"
+
+    def flush_stats(self) -> str:
+        return f"{self.prefix}:flush:stats"

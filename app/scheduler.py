@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg2
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -19,7 +19,7 @@ from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import db
+from . import db, metrics, retention
 from .buffer import Scripts
 from .config import Config
 from .flush import Clock, Failpoint, flush_with_lock, no_failpoint
@@ -54,22 +54,47 @@ class FlushJob:
             if not self.schema_ready:
                 db.migrate(self.pool)
                 self.schema_ready = True
-            flush_with_lock(
+            report = flush_with_lock(
                 self.redis, self.pool, self.config, self.clock,
                 scripts=self.scripts, failpoint=self.failpoint,
             )
         except (psycopg2.Error, RedisError) as exc:
             logger.error("flush_failed", extra={"reason": _one_line(exc)})
+            metrics.record_flush(self.redis, self.config, ok=False)
         except Exception:
             logger.exception("flush_failed")
+            metrics.record_flush(self.redis, self.config, ok=False)
+        else:
+            if report is not None:
+                metrics.record_flush(self.redis, self.config, ok=True, rows=report.rows,
+                                     duration=report.duration_seconds)
+
+
+class RetentionJob:
+    """Once a day: delete stats rows older than STATS_RETENTION_DAYS."""
+
+    def __init__(self, pool: ThreadedConnectionPool, config: Config,
+                 clock: Clock = time.time) -> None:
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+
+    def __call__(self) -> None:
+        try:
+            retention.prune(self.pool, self.config.retention_days, self.clock())
+        except psycopg2.Error as exc:
+            logger.error("retention_failed", extra={"reason": _one_line(exc)})
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def build_scheduler(job: FlushJob, config: Config) -> BackgroundScheduler:
-    """A scheduler running ``job`` every ``STATS_FLUSH_INTERVAL_SECONDS``, first run now."""
+def build_scheduler(
+    job: FlushJob, config: Config, retention_job: RetentionJob | None = None
+) -> BackgroundScheduler:
+    """A scheduler running ``job`` every ``STATS_FLUSH_INTERVAL_SECONDS`` (first run
+    now) and ``retention_job`` once a day (first run a minute after start)."""
     scheduler = BackgroundScheduler(timezone=timezone.utc)
     scheduler.add_job(
         job,
@@ -83,6 +108,17 @@ def build_scheduler(job: FlushJob, config: Config) -> BackgroundScheduler:
         misfire_grace_time=max(60, int(config.flush_interval_seconds * 10)),
         next_run_time=datetime.now(timezone.utc),
     )
+    if retention_job is not None and config.retention_days > 0:
+        scheduler.add_job(
+            retention_job,
+            IntervalTrigger(days=1),
+            id="retention",
+            name="delete old stats rows",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+            next_run_time=datetime.now(timezone.utc) + timedelta(minutes=1),
+        )
     return scheduler
 
 
@@ -94,7 +130,9 @@ def run(
 ) -> None:
     """Run the scheduler until SIGTERM or SIGINT; a running flush completes first."""
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    scheduler = build_scheduler(FlushJob(redis, pool, config, failpoint=failpoint), config)
+    scheduler = build_scheduler(
+        FlushJob(redis, pool, config, failpoint=failpoint), config, RetentionJob(pool, config)
+    )
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:

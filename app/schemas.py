@@ -64,3 +64,57 @@ class PayloadSchema(Schema):
     p2p = StrictInteger(MAX_BYTES)
     cdn = StrictInteger(MAX_BYTES)
     sessionDuration = StrictInteger(MAX_SAFE_INTEGER)  # noqa: N815 (the wire name)
+
+
+_TEXT_LIMITS = (("token", 128), ("customer", 256), ("content", 256))
+_INT_LIMITS = (
+    ("timespan", MAX_SAFE_INTEGER),
+    ("p2p", MAX_BYTES),
+    ("cdn", MAX_BYTES),
+    ("sessionDuration", MAX_SAFE_INTEGER),
+)
+
+
+def fast_load(item: Any) -> dict[str, Any] | None:
+    """What ``PayloadSchema().load(item)`` returns, for common valid payloads; else None.
+
+    A pre-check about 20 times cheaper than marshmallow. It accepts only a
+    subset of what the schema accepts (``str.isprintable`` rejects more than
+    the schema does) and returns the same result; anything it does not accept
+    goes to the schema, which decides and words the errors.
+    """
+    if type(item) is not dict:
+        return None
+    result: dict[str, Any] = {}
+    for name, limit in _TEXT_LIMITS:
+        value = item.get(name)
+        if type(value) is not str or not 0 < len(value) <= limit or not value.isprintable():
+            return None
+        result[name] = value
+    for name, limit in _INT_LIMITS:
+        value = item.get(name)
+        if type(value) is not int or not 0 <= value <= limit:
+            return None
+        result[name] = value
+    return result
+
+
+def load_payloads(
+    schema: PayloadSchema, items: list[Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Validate ``items``: (the loaded payloads, errors by item index as a string)."""
+    loaded: list[dict[str, Any]] = []
+    errors: dict[str, Any] = {}
+    for n, item in enumerate(items):
+        payload = fast_load(item)
+        if payload is None:
+            if not isinstance(item, dict):
+                errors[str(n)] = {"_schema": ["Expected a JSON object."]}
+                continue
+            try:
+                payload = schema.load(item)
+            except ValidationError as exc:
+                errors[str(n)] = exc.normalized_messages()
+                continue
+        loaded.append(payload)
+    return loaded, errors

@@ -41,7 +41,7 @@ def supervise(commands: Sequence[Sequence[str]], env: Mapping[str, str] | None =
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         while any(p.poll() is None for p in procs):
-            for p, cmd in zip(procs, commands):
+            for p, cmd in zip(procs, commands, strict=True):
                 code = p.poll()
                 if code is not None and stop_requested_at is None:
                     logger.error("process_exited", extra={"command": " ".join(cmd[2:]),

@@ -1,35 +1,70 @@
-"""POST /stats: one device payload into the Redis window buffer."""
+"""POST /stats and POST /stats/batch: device payloads into the Redis window buffer."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
-from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
 from .. import buffer
-from ..errors import InvalidPayload, Unavailable
-from .body import read_json
+from ..auth import require_bearer
+from ..errors import BadBatch, InvalidBatch, InvalidPayload, Unavailable
+from ..schemas import load_payloads
+from .body import NDJSON_TYPES, parse_json, parse_ndjson, read_body
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ingest", __name__)
 
+MAX_BATCH = 1000
+ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
 
-@bp.post("/stats")
-def post_stats():
-    services = current_app.extensions["payload_stats"]
-    body = read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidPayload({"_schema": ["Expected a JSON object."]})
+
+def _record(services: Any, payloads: list[dict[str, Any]]):
     try:
-        payload = services.schema.load(body)
-    except ValidationError as exc:
-        raise InvalidPayload(exc.normalized_messages()) from None
-    try:
-        buffer.record(services.redis, services.scripts, services.config, [payload], services.clock())
+        recorded = buffer.record(
+            services.redis, services.scripts, services.config, payloads, services.clock()
+        )
     except RedisError as exc:
         logger.warning("redis_unavailable", extra={"reason": str(exc)})
         raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
-    return jsonify(accepted=1)
+    services.metrics.accepted.inc(recorded.accepted)
+    if recorded.duplicates:
+        services.metrics.duplicates.inc(recorded.duplicates)
+    return recorded
+
+
+@bp.post("/stats")
+def post_stats():
+    """One payload. 200 {"accepted": 1, "duplicates": 0}; a retry is a duplicate."""
+    services = current_app.extensions["payload_stats"]
+    require_bearer(services.config.ingest_token)
+    body = parse_json(read_body(request, services.config.max_body_bytes))
+    payloads, errors = load_payloads(services.schema, [body])
+    if errors:
+        raise InvalidPayload(errors["0"])
+    recorded = _record(services, payloads)
+    return jsonify(accepted=recorded.accepted, duplicates=recorded.duplicates)
+
+
+@bp.post("/stats/batch")
+def post_batch():
+    """1..1000 payloads as a JSON array or NDJSON; all are written, or none."""
+    services = current_app.extensions["payload_stats"]
+    require_bearer(services.config.ingest_token)
+    data = read_body(request, services.config.max_body_bytes)
+    if request.mimetype in NDJSON_TYPES:
+        items = parse_ndjson(data, MAX_BATCH)
+    else:
+        items = parse_json(data)
+        if not isinstance(items, list):
+            raise BadBatch("A batch is a JSON array of payloads (or NDJSON).")
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise BadBatch(f"A batch holds 1 to {MAX_BATCH} payloads, not {len(items)}.")
+    payloads, errors = load_payloads(services.schema, items)
+    if errors:
+        raise InvalidBatch(errors, len(items))
+    recorded = _record(services, payloads)
+    return jsonify(accepted=recorded.accepted, duplicates=recorded.duplicates)

@@ -45,7 +45,7 @@ def test_the_stack_has_its_services(compose):
 
 def test_redis_keeps_every_write_on_disk(compose):
     command = compose["services"]["redis"]["command"]
-    flags = dict(zip(command[1::2], command[2::2]))
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
     assert flags["--appendonly"] == "yes"
     assert flags["--appendfsync"] == "everysec"
     assert flags["--maxmemory-policy"] == "noeviction"

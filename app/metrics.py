@@ -1,0 +1,139 @@
+"""Prometheus metrics.
+
+Request metrics live in each web process and are summed across gunicorn
+workers by prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``,
+set by ``payload-stats web`` before any worker starts). Flush metrics come
+from the scheduler, which may run on another host: it keeps them in Redis
+(``flush_stats``), and every web process reads them at scrape time, together
+with what is still waiting in the buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from redis import Redis
+from redis.exceptions import RedisError
+
+from . import buffer
+from .config import Config
+from .keys import Keys
+from .windows import window_end
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The request metrics of one application."""
+
+    def __init__(self) -> None:
+        # A registry of our own: several apps in one process (tests) must not
+        # collide in the global one. Multiprocess values go to files anyway.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.accepted = Counter(
+            "payload_stats_payloads_accepted_total", "Payloads counted.",
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "payload_stats_payloads_duplicate_total",
+            "Retried payloads answered without counting them again.",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "payload_stats_payloads_rejected_total", "Requests rejected, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "payload_stats_request_duration_seconds", "Request latency.",
+            ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+
+def exposition(metrics: Metrics, redis: Redis, config: Config, clock: Callable[[], float]) -> bytes:
+    """The text exposition: this host's request metrics plus the flush metrics."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry = metrics.registry
+    text = generate_latest(registry)
+    extra = CollectorRegistry()
+    extra.register(FlushCollector(redis, config, clock))
+    return text + generate_latest(extra)
+
+
+def record_flush(redis: Redis, config: Config, *, ok: bool, rows: int = 0,
+                 duration: float = 0.0) -> None:
+    """Called by the scheduler after each run; never raises (metrics are best effort)."""
+    name = Keys(config.key_prefix).flush_stats()
+    try:
+        pipe = redis.pipeline(transaction=False)
+        pipe.hincrby(name, "runs" if ok else "failures", 1)
+        if ok:
+            pipe.hincrby(name, "rows", rows)
+            pipe.hset(name, mapping={"last_duration": duration, "last_success": time.time()})
+        pipe.execute()
+    except RedisError:
+        pass
+
+
+class FlushCollector:
+    """Flush metrics read from Redis at scrape time."""
+
+    def __init__(self, redis: Redis, config: Config, clock: Callable[[], float]) -> None:
+        self.redis = redis
+        self.config = config
+        self.clock = clock
+
+    def collect(self) -> Iterator:
+        try:
+            stats = self.redis.hgetall(Keys(self.config.key_prefix).flush_stats())
+            pending = buffer.buffered_windows(self.redis, self.config)
+        except RedisError:
+            up = GaugeMetricFamily("payload_stats_redis_up", "Redis answered the scrape.")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("payload_stats_redis_up", "Redis answered the scrape.")
+        up.add_metric([], 1)
+        yield up
+
+        def number(field: bytes) -> float:
+            return float(stats.get(field, 0) or 0)
+
+        for name, field, text in (
+            ("payload_stats_flush_runs", b"runs", "Flush runs that succeeded."),
+            ("payload_stats_flush_failures", b"failures", "Flush runs that failed."),
+            ("payload_stats_flush_rows", b"rows", "Rows written into PostgreSQL by flushes."),
+        ):
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], number(field))
+            yield family
+        duration = GaugeMetricFamily("payload_stats_flush_duration_seconds",
+                                     "Duration of the last successful flush.")
+        duration.add_metric([], number(b"last_duration"))
+        yield duration
+        last = GaugeMetricFamily("payload_stats_flush_last_success_timestamp_seconds",
+                                 "Unix time of the last successful flush (0: none yet).")
+        last.add_metric([], number(b"last_success"))
+        yield last
+
+        now = self.clock()
+        length = self.config.window_seconds
+        closed = [k for k in pending if window_end(k, length) <= now]
+        windows = GaugeMetricFamily("payload_stats_windows_pending",
+                                    "Closed windows still in Redis, not yet in PostgreSQL.")
+        windows.add_metric([], len(closed))
+        yield windows
+        age = GaugeMetricFamily(
+            "payload_stats_oldest_unflushed_window_age_seconds",
+            "Seconds since the end of the oldest closed window still in Redis (0: none).",
+        )
+        age.add_metric([], max(0.0, now - window_end(min(closed), length)) if closed else 0.0)
+        yield age
