@@ -11,7 +11,8 @@ from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
 
 from . import clients, errors, logs
-from .api import docs, health, ingest, metrics, query
+from .api import docs, health, ingest, query
+from .api import metrics as metrics_api  # not `metrics`: that is app.metrics
 from .buffer import Scripts
 from .config import Config
 from .metrics import Metrics
@@ -53,7 +54,7 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
         pool=clients.database_pool(config, 2) if config.database_url else None,
     )
     app.extensions["payload_stats"] = services
-    for blueprint in (ingest.bp, query.bp, health.bp, metrics.bp, docs.bp):
+    for blueprint in (ingest.bp, query.bp, health.bp, metrics_api.bp, docs.bp):
         app.register_blueprint(blueprint)
     errors.init_app(app)
     _instrument(app, services.metrics)

@@ -58,7 +58,9 @@ class Config:
             try:
                 values[attr] = parse(raw.strip())
             except ValueError as exc:
-                raise ConfigError(f"{name}: {exc} (got {raw!r})") from None
+                # URLs and tokens may hold passwords: never echo them.
+                shown = "" if name in _SECRET else f" (got {raw!r})"
+                raise ConfigError(f"{name}: {exc}{shown}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Config:
@@ -182,6 +184,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "STATS_INGEST_TOKEN": ("ingest_token", str),
     "STATS_FAILPOINT": ("failpoint", _failpoint),
 }
+
+_SECRET = {"REDIS_URL", "DATABASE_URL", "STATS_API_TOKEN", "STATS_INGEST_TOKEN"}
 
 #: The variables ``Config.from_env`` reads, for docs and deployment checks.
 VARIABLES = tuple(_VARIABLES)

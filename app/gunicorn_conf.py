@@ -23,8 +23,6 @@ workers = _config.web_workers or 2 * multiprocessing.cpu_count() + 1
 worker_class = "sync"
 timeout = 30
 graceful_timeout = 10
-# Access logs would print one line per device payload: off unless asked for.
-accesslog = None
 # Gunicorn >= 24 opens a control socket at one fixed path per user; several
 # services (or tests) on one host would fight over it. Older versions ignore this.
 control_socket_disable = True
@@ -40,9 +38,12 @@ logconfig_dict = {
         "stderr": {"class": "logging.StreamHandler", "formatter": "app",
                    "stream": "ext://sys.stderr"},
     },
+    # The app's own handler is put on the root logger by create_app().
+    "root": {"level": _config.log_level, "handlers": []},
     "loggers": {
         "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        # One line per device payload is too many: raise to INFO to see them.
+        "gunicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
     },
 }
 

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis import Redis
@@ -32,6 +32,10 @@ class Metrics:
     """The request metrics of one application."""
 
     def __init__(self) -> None:
+        # prometheus_client chooses multiprocess mode when it is first imported;
+        # gunicorn may import it (through this package) before its config sets
+        # PROMETHEUS_MULTIPROC_DIR, so choose again now, in the worker.
+        values.ValueClass = values.get_value_class()
         # A registry of our own: several apps in one process (tests) must not
         # collide in the global one. Multiprocess values go to files anyway.
         self.registry = CollectorRegistry(auto_describe=True)

@@ -31,12 +31,13 @@ def claim(conn: Connection, window_end: datetime, snapshots: Iterable[Snapshot])
     Ids already in the ledger were committed by an earlier (or concurrent)
     flush and must not be written again.
     """
+    # One order for every flusher: two transactions claiming the same ids in
+    # different orders would deadlock on each other's uncommitted rows.
+    ids = sorted({s.id for s in snapshots})
     with conn.cursor() as cur:
         owned = execute_values(
-            cur,
-            sql("claim_snapshots"),
-            [(s.id, window_end) for s in snapshots],
-            fetch=True,
+            cur, sql("claim_snapshots"), [(i, window_end) for i in ids], fetch=True,
+            page_size=max(1, len(ids)),
         )
     return {row[0] for row in owned}
 

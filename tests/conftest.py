@@ -24,7 +24,7 @@ from app.config import Config
 from app.embedded import EmbeddedServers
 
 # A fixed, realistic instant: 2026-11-26T10:00:00Z plus 1 s, in window
-# 5_898_072 of 300 s. Tests move it explicitly; nothing depends on real time.
+# 5_985_624 of 300 s. Tests move it explicitly; nothing depends on real time.
 START = 1_795_687_201.0
 
 

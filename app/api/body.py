@@ -11,6 +11,7 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidGzip, InvalidJSON, UnsupportedEncoding
+from ..schemas import PAYLOAD_FIELDS
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -19,6 +20,7 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 # int-conversion limit rejecting the whole body.
 _MAX_INT_DIGITS = 64
 _HUGE = 10**_MAX_INT_DIGITS
+_QUOTED_FIELDS = tuple((name, f'"{name}"'.encode()) for name in PAYLOAD_FIELDS)
 
 
 def read_body(request: Request, limit: int) -> bytes:
@@ -67,16 +69,49 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen = set()
+    for name, _ in pairs:
+        if name in seen and name in PAYLOAD_FIELDS:
+            raise ValueError(f"the key {name!r} appears twice in one object")
+        seen.add(name)
+    return dict(pairs)
+
+
+def _may_repeat_fields(data: bytes, value: Any) -> bool:
+    """False when no object in ``value`` can have held a payload field twice.
+
+    Both parsers keep the last of two equal keys; another reader might keep the
+    first and bill a different number, so such a body is refused. Counting
+    the quoted names in the raw bytes is cheap; only a mismatch (or an escaped
+    name) sends the body through the slower parser that checks each object.
+    """
+    if b"\\u" in data:
+        return True
+    items = value if isinstance(value, list) else [value]
+    for name, quoted in _QUOTED_FIELDS:
+        present = sum(1 for item in items if type(item) is dict and name in item)
+        if data.count(quoted) != present:
+            return True
+    return False
+
+
 def parse_json(data: bytes, where: str = "The request body") -> Any:
     """Decode one JSON document. Raises InvalidJSON."""
     if not data.strip():
         raise InvalidJSON(f"{where} is empty: expected JSON.")
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError:
         pass  # orjson is strict; the standard parser tells the precise error
+    else:
+        if not _may_repeat_fields(data, value):
+            return value
     try:
-        return json.loads(data, parse_int=_parse_int, parse_constant=_reject_constant)
+        # Decode first: json.loads(bytes) lets UTF-8-encoded surrogates through.
+        text = data.decode("utf-8")
+        return json.loads(text, parse_int=_parse_int, parse_constant=_reject_constant,
+                          object_pairs_hook=_unique_fields)
     except RecursionError:
         raise InvalidJSON(f"{where} is nested too deeply.") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -84,8 +119,9 @@ def parse_json(data: bytes, where: str = "The request body") -> Any:
 
 
 def parse_ndjson(data: bytes, max_items: int) -> list[Any]:
-    """Decode newline-delimited JSON (blank lines are skipped). Raises InvalidJSON."""
-    lines = [line for line in data.split(b"\n") if line.strip()]
+    """Decode newline-delimited JSON (blank lines are skipped). Raises InvalidJSON
+    naming the line (counted in the body, blank lines included)."""
+    lines = [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
     if len(lines) > max_items:
         return [None] * len(lines)  # the caller rejects the count; no need to parse
-    return [parse_json(line, f"Line {n}") for n, line in enumerate(lines, 1)]
+    return [parse_json(line, f"Line {n}") for n, line in lines]

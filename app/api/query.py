@@ -39,8 +39,9 @@ def get_history():
         raise Unavailable("DATABASE_URL is not set for this web process.")
     try:
         rows, cursor = history.fetch(services.pool, query)
-    except psycopg2.OperationalError as exc:
-        logger.warning("postgres_unavailable", extra={"reason": str(exc).strip()})
+    except psycopg2.Error as exc:
+        # Down, or not migrated yet (payload-stats init-db): nothing the client did.
+        logger.warning("postgres_unavailable", extra={"reason": " ".join(str(exc).split())})
         raise Unavailable("The stats database is unavailable; retry shortly.") from None
     by_customer, by_content = history.GROUPS.get(query.group_by, (True, True))
     out = []
