@@ -42,12 +42,19 @@ class UnsupportedEncoding(APIError):
     code = "unsupported_encoding"
 
 
-class InvalidPayload(APIError):
-    code = "invalid_payload"
+class FieldErrors(APIError):
+    """Errors by field name, each a list of messages; the message names them all."""
+
+    what = "input"
 
     def __init__(self, messages: dict[str, Any]) -> None:
         names = ", ".join(sorted(str(name) for name in messages))
-        super().__init__(f"Invalid payload: {names}.", fields=messages)
+        super().__init__(f"Invalid {self.what}: {names}.", fields=messages)
+
+
+class InvalidPayload(FieldErrors):
+    code = "invalid_payload"
+    what = "payload"
 
 
 class BadBatch(APIError):
@@ -75,12 +82,9 @@ class Unauthorized(APIError):
     code = "unauthorized"
 
 
-class InvalidParameter(APIError):
+class InvalidParameter(FieldErrors):
     code = "invalid_parameter"
-
-    def __init__(self, messages: dict[str, Any]) -> None:
-        names = ", ".join(sorted(str(name) for name in messages))
-        super().__init__(f"Invalid query parameter: {names}.", fields=messages)
+    what = "query parameter"
 
 
 class Unavailable(APIError):
