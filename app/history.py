@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -46,7 +47,12 @@ class Query:
 
 def parse_time(text: str) -> datetime:
     """An ISO 8601 instant; without an offset it is UTC. Raises ValueError."""
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    text = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    # An unescaped '+' in a query string arrives as a space: "...T10:00:00 02:00".
+    text = re.sub(r" (\d\d(:?\d\d)?)$", r"+\1", text)
+    value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
@@ -75,6 +81,8 @@ def parse_query(args: dict[str, str]) -> Query:
     values: dict[str, Any] = {}
     for name in ("customer", "content"):
         if args.get(name):
+            if "\x00" in args[name]:
+                errors[name] = ["Must not contain NUL characters."]
             values[name] = args[name]
     for name, attr in (("from", "start"), ("to", "end")):
         if args.get(name):
@@ -84,7 +92,7 @@ def parse_query(args: dict[str, str]) -> Query:
                 errors[name] = ["Not an ISO 8601 date-time, e.g. 2026-11-26T10:00:00Z."]
     if "limit" in args:
         text = args["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
             errors["limit"] = [f"Must be an integer from 1 to {MAX_LIMIT}."]
         else:
             values["limit"] = int(text)

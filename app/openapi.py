@@ -146,6 +146,15 @@ def build_spec(version: str) -> dict[str, Any]:
         "responses": {"200": _json({"type": "object"}, "Ready"),
                       "503": _error("A server is down; `checks` names it")},
     }})
+    spec.path("/openapi.json", operations={"get": {
+        "summary": "This OpenAPI document",
+        "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+    }})
+    spec.path("/docs", operations={"get": {
+        "summary": "Swagger UI for this document (assets served locally)",
+        "responses": {"200": {"description": "HTML page",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }})
     spec.path("/metrics", operations={"get": {
         "summary": "Prometheus metrics",
         "security": [{"bearer": []}],
