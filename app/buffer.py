@@ -46,20 +46,31 @@ INGEST = """
 local k = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[3])
 
--- The record's duration groups, without those older than the horizon,
--- plus this duration.
-local function remember(groups, duration)
-  local last = string.match(groups, '|(%d+):[^|]*$')
-  if last == ARGV[1] then
-    return groups .. duration .. ','
-  end
+-- The groups of a record inside the horizon ("|w:,d,d,|w:,d,"): a duration
+-- accepted longer ago is no longer a retry, and its bytes are dropped.
+local function recent(groups)
   local kept = ''
   for w, list in string.gmatch(groups, '|(%d+):([^|]*)') do
     if tonumber(w) >= k - horizon then
       kept = kept .. '|' .. w .. ':' .. list
     end
   end
-  return kept .. '|' .. ARGV[1] .. ':,' .. duration .. ','
+  return kept
+end
+
+-- The groups plus this duration. The current window's list keeps only its
+-- last 600 bytes (some 70 durations, 7 times what a device sends in a
+-- 5-minute window), so a token flooding one window costs bounded time.
+local function remember(groups, duration)
+  local head, w, list = string.match(groups, '^(.-)|(%d+):([^|]*)$')
+  if w ~= ARGV[1] then
+    return groups .. '|' .. ARGV[1] .. ':,' .. duration .. ','
+  end
+  list = list .. duration .. ','
+  if #list > 600 then
+    list = string.sub(list, string.find(list, ',', #list - 600, true))
+  end
+  return head .. '|' .. w .. ':' .. list
 end
 
 local started, duplicates, counted = 0, 0, 0
@@ -86,12 +97,15 @@ for i = 0, n - 1 do
     end
   end
   local state = record and string.sub(record, 1, 1)
-  local groups = record and string.sub(record, 2) or ''
+  local groups = ''
+  if horizon > 0 and record then
+    groups = recent(string.sub(record, 2))
+  end
 
   if horizon > 0 and string.find(groups, ',' .. duration .. ',', 1, true) then
     duplicates = duplicates + 1
     if not here then
-      redis.call('HSET', KEYS[3], token, record)
+      redis.call('HSET', KEYS[3], token, state .. groups)
     end
   else
     local starts = short == '1' and state ~= '2' and (not state or zero == '1')

@@ -1,0 +1,594 @@
+"""The INGEST and FREEZE Lua scripts on a REAL Redis, through ``app.buffer``.
+
+The same cases as the fakeredis unit tests, run where it matters: the real
+Lua interpreter (doubles, ``string`` functions, ``unpack``) and real
+``HINCRBY``. Payloads are recorded with ``buffer.record``; windows are read
+back with ``freeze``, ``read_snapshot`` and ``release``, exactly as the
+flusher does. Time is the FakeClock's; Redis expires keys on real time,
+which barely moves here, so token memory is only ever kept (its TTL is
+checked directly).
+
+Token memory values (see ``app.buffer.INGEST``): a state character ("1"
+seen, "2" session started), then the sessionDurations accepted per window,
+``|k:,d1,d2,``, pruned to the de-duplication horizon.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+from redis import Redis
+
+from app import buffer
+from app.buffer import Recorded, Row, Scripts, Snapshot
+from app.config import Config
+from app.keys import Keys, shard_of
+from app.windows import window_index
+from tests.conftest import START, FakeClock, payload
+
+L = 300
+K = window_index(START, L)  # START is 1 s into window K
+K_START = K * L
+K_END = (K + 1) * L
+
+
+@pytest.fixture
+def config(redis_url: str, key_prefix: str, shards: int) -> Config:
+    """Overrides conftest's: Redis only, no PostgreSQL schema needed."""
+    return Config(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        shards=shards,
+        window_seconds=L,
+        flush_batch_size=7,
+    )
+
+
+@pytest.fixture
+def scripts(redis: Redis) -> Scripts:
+    return Scripts(redis)
+
+
+@pytest.fixture
+def send(redis, scripts, config, clock: FakeClock):
+    """send(*payloads): record them at the clock's time."""
+
+    def send(*payloads: dict) -> Recorded:
+        return buffer.record(redis, scripts, config, payloads, clock.now)
+
+    return send
+
+
+@pytest.fixture
+def flush(redis, scripts, config):
+    """flush(k): freeze window k in every shard, read it, release it.
+
+    Returns {(customer, content): (cdn, p2p, sessions, payloads)} summed over
+    shards, the way PostgreSQL ends up holding them.
+    """
+    counter = iter(range(10**6))
+
+    def flush(k: int) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+        flush_id = f"f{next(counter)}"
+        totals: dict[tuple[str, str], Counter] = {}
+        for shard in range(config.shards):
+            snapshot = Snapshot(k=k, shard=shard, flush_id=flush_id)
+            if not buffer.freeze(redis, scripts, config, snapshot):
+                continue
+            for batch in buffer.read_snapshot(redis, config, snapshot):
+                assert len(batch) <= config.flush_batch_size
+                for row in batch:
+                    total = totals.setdefault((row.customer, row.content), Counter())
+                    total.update(cdn=row.cdn, p2p=row.p2p, s=row.sessions, n=row.payloads)
+            buffer.release(redis, config, snapshot)
+        return {pair: (t["cdn"], t["p2p"], t["s"], t["n"]) for pair, t in sorted(totals.items())}
+
+    return flush
+
+
+def start(token: str, **fields) -> dict:
+    """Bytes and a short sessionDuration: starts a session if the token is new."""
+    return payload(token=token, **fields)
+
+
+def zero(token: str, duration: int, **fields) -> dict:
+    """A zero-byte payload with the given (distinct: no retry) sessionDuration."""
+    return payload(token=token, cdn=0, p2p=0, sessionDuration=duration, **fields)
+
+
+def memory(redis, config, token: str, k: int) -> bytes | None:
+    """The token's memory value in window ``k``'s token hash."""
+    return redis.hget(Keys(config.key_prefix).tokens(shard_of(token, config.shards), k), token)
+
+
+def groups(value: bytes) -> dict[int, list[int]]:
+    """{window: [durations]} of a token memory value."""
+    text = value.decode()[1:]
+    assert re.fullmatch(r"(\|\d+:,(\d+,)+)*", text), value
+    return {
+        int(w): [int(d) for d in durations.strip(",").split(",")]
+        for w, durations in re.findall(r"\|(\d+):([^|]*)", text)
+    }
+
+
+# --- sums -------------------------------------------------------------------------
+
+
+def test_sums_per_customer_and_content(send, flush) -> None:
+    send(payload(token="t1", customer="acme", content="m1", cdn=100, p2p=10))
+    send(payload(token="t2", customer="acme", content="m1", cdn=200, p2p=20))
+    send(payload(token="t3", customer="acme", content="m2", cdn=400, p2p=0))
+    send(payload(token="t4", customer="beta", content="m1", cdn=0, p2p=800))
+    send(payload(token="t1", customer="acme", content="m1", cdn=1, p2p=2, sessionDuration=31200))
+
+    assert flush(K) == {
+        ("acme", "m1"): (301, 32, 2, 3),
+        ("acme", "m2"): (400, 0, 1, 1),
+        ("beta", "m1"): (0, 800, 1, 1),
+    }
+
+
+def test_separator_lookalikes_stay_apart(send, flush) -> None:
+    send(
+        payload(token="t1", customer="a:b", content="c", cdn=1, p2p=0),
+        payload(token="t2", customer="a", content="b:c", cdn=2, p2p=0),
+        payload(token="t3", customer="1:a", content="b", cdn=4, p2p=0),
+        payload(token="t4", customer="{0}", content="}{", cdn=8, p2p=0),
+        payload(token="t5", customer="é", content="直播", cdn=16, p2p=0),
+        payload(token="t6", customer="%d", content="|1:,2,", cdn=32, p2p=0),
+    )
+
+    assert flush(K) == {
+        ("%d", "|1:,2,"): (32, 0, 1, 1),
+        ("1:a", "b"): (4, 0, 1, 1),
+        ("a", "b:c"): (2, 0, 1, 1),
+        ("a:b", "c"): (1, 0, 1, 1),
+        ("{0}", "}{"): (8, 0, 1, 1),
+        ("é", "直播"): (16, 0, 1, 1),
+    }
+
+
+def test_one_call_may_carry_many_payloads(send, flush) -> None:
+    recorded = send(*(payload(token=f"t{i}", cdn=i, p2p=2 * i) for i in range(20)))
+
+    assert recorded == Recorded(accepted=20, duplicates=0, sessions=20)
+    assert flush(K) == {("acme", "movie-1"): (190, 380, 20, 20)}
+
+
+def test_terabyte_payloads_sum_exactly(send, flush) -> None:
+    for i in range(5):
+        send(payload(cdn=10**12, p2p=10**12 - 1, sessionDuration=1000 + i))
+
+    assert flush(K) == {("acme", "movie-1"): (5 * 10**12, 5 * 10**12 - 5, 1, 5)}
+
+
+def test_sums_beyond_two_to_the_53_stay_exact(send, flush) -> None:
+    # A double holds odd integers exactly only up to 2**53 (~9.007e15): a sum
+    # kept in a Lua number would round, and print as 1e+16.
+    big, odd = 10**12, 10**12 - 1
+    for i in range(10):
+        assert send(
+            *(payload(token=f"t{i}-{j}", cdn=big, p2p=odd) for j in range(1000))
+        ) == Recorded(accepted=1000, duplicates=0, sessions=1000)
+
+    assert flush(K) == {("acme", "movie-1"): (10_000 * big, 10_000 * odd, 10_000, 10_000)}
+    assert 10_000 * odd > 2**53
+
+
+@pytest.mark.parametrize("shards", [1])
+def test_one_counter_summed_10000_times_stays_exact(send, flush) -> None:
+    # 1000 devices sending 10 payloads each, all into one counter hash: every
+    # HINCRBY adds 1 TB less one byte to a sum far beyond 2**53.
+    odd = 10**12 - 1
+    for i in range(10):
+        recorded = send(
+            *(
+                payload(token=f"t{j}", cdn=odd, p2p=odd - j, sessionDuration=30_000 * i + 1)
+                for j in range(1000)
+            )
+        )
+        assert recorded == Recorded(accepted=1000, duplicates=0, sessions=1000 if i == 0 else 0)
+
+    p2p = 10 * sum(odd - j for j in range(1000))
+    assert flush(K) == {("acme", "movie-1"): (10_000 * odd, p2p, 1000, 10_000)}
+
+
+# --- sessions (SPEC section 4) ----------------------------------------------------
+
+
+def test_a_new_token_with_a_short_duration_starts_a_session(send, flush) -> None:
+    assert send(payload(token="new", sessionDuration=L * 1000 - 1)) == Recorded(1, 0, 1)
+    assert flush(K) == {("acme", "movie-1"): (250, 100, 1, 1)}
+
+
+@pytest.mark.parametrize("duration", [L * 1000, L * 1000 + 1, 2**53 - 1 - 30_000])
+def test_a_new_token_with_a_long_duration_starts_none(send, flush, duration: int) -> None:
+    assert send(payload(token="resumed", sessionDuration=duration)).sessions == 0
+    assert send(zero("resumed", duration + 30_000)).sessions == 0
+
+    assert flush(K) == {("acme", "movie-1"): (250, 100, 0, 2)}
+
+
+def test_a_seen_token_with_bytes_starts_none(send, clock, flush) -> None:
+    assert send(zero("t", L * 1000)).sessions == 0  # seen, not started
+    clock.advance(30)
+    assert send(start("t", cdn=1, p2p=0, sessionDuration=1000)).sessions == 0
+    assert send(start("t", cdn=0, p2p=1, sessionDuration=2000)).sessions == 0
+
+    assert flush(K) == {("acme", "movie-1"): (1, 1, 0, 3)}
+
+
+def test_a_seen_token_that_never_started_starts_with_a_zero_byte_payload(
+    send, clock, flush
+) -> None:
+    assert send(payload(token="t", sessionDuration=L * 1000 + 5)).sessions == 0
+    clock.advance(30)
+    assert send(zero("t", L * 1000)).sessions == 0  # not short
+    clock.advance(30)
+    assert send(zero("t", 1000, customer="late", content="c")).sessions == 1
+    clock.advance(30)
+    assert send(zero("t", 2000)).sessions == 0
+
+    assert flush(K) == {
+        ("acme", "movie-1"): (250, 100, 0, 3),
+        ("late", "c"): (0, 0, 1, 1),
+    }
+
+
+def test_the_same_token_thrice_in_one_call_starts_one_session(send, flush) -> None:
+    recorded = send(zero("t", 1000), zero("t", 2000), start("t", sessionDuration=3000))
+
+    assert recorded == Recorded(accepted=3, duplicates=0, sessions=1)
+    assert flush(K) == {("acme", "movie-1"): (250, 100, 1, 3)}
+
+
+def test_a_started_token_never_starts_again(send, clock, flush) -> None:
+    # Zero-byte payloads with short durations every 30 s for four windows,
+    # each window flushed once it is over: still one session.
+    counted = []
+    per_window = []
+    for w in range(4):
+        for i in range(10):
+            clock.now = (K + w) * L + 10 + 30 * i
+            counted.append(send(zero("t", 1000 + 10 * w + i)).sessions)
+        per_window.append(flush(K + w))
+
+    assert counted == [1] + [0] * 39
+    assert per_window == [
+        {("acme", "movie-1"): (0, 0, 1, 10)},
+        {("acme", "movie-1"): (0, 0, 0, 10)},
+        {("acme", "movie-1"): (0, 0, 0, 10)},
+        {("acme", "movie-1"): (0, 0, 0, 10)},
+    ]
+
+
+def test_a_session_started_at_a_window_end_is_not_counted_in_the_next(send, clock, flush):
+    clock.now = K_END - 0.001
+    assert send(start("t", sessionDuration=1000)).sessions == 1
+    clock.now = K_END
+    assert send(zero("t", 2000)).sessions == 0
+    assert send(start("t", sessionDuration=3000)).sessions == 0
+    clock.now = K_END + L + 10  # window K + 2, nothing in between
+    assert send(zero("t", 4000)).sessions == 0
+
+    assert flush(K) == {("acme", "movie-1"): (250, 100, 1, 1)}
+    assert flush(K + 1) == {("acme", "movie-1"): (250, 100, 0, 2)}
+    assert flush(K + 2) == {("acme", "movie-1"): (0, 0, 0, 1)}
+
+
+@pytest.mark.parametrize("first", [K_START, K_START + 1, K_END - 0.5], ids=["start", "1s", "end"])
+def test_a_token_is_remembered_for_2L_of_silence(send, clock, first: float) -> None:
+    clock.now = first
+    assert send(zero("t", 1000)).sessions == 1
+    clock.now = first + 2 * L
+    assert send(zero("t", 2000)).sessions == 0
+
+
+def test_each_payload_moves_the_memory_to_its_window(redis, config, send, clock) -> None:
+    clock.now = K_START + 1
+    assert send(zero("t", 1000)).sessions == 1
+    for i in range(1, 5):  # every payload exactly 2L after the previous one
+        clock.advance(2 * L)
+        assert send(zero("t", 1000 + i)).sessions == 0
+        k = K + 2 * i
+        assert memory(redis, config, "t", k)[:1] == b"2"
+        assert memory(redis, config, "t", k - 2) is None  # moved, not copied
+
+
+@pytest.mark.parametrize(
+    ("now", "ttl_ms"), [(START, 900_000), (K_START, 901_000), (K_END - 0.25, 602_000)]
+)
+def test_token_memory_lives_until_2L_after_its_window(redis, config, send, clock, now, ttl_ms):
+    clock.now = now
+    send(zero("t", 1000))
+
+    key = Keys(config.key_prefix).tokens(shard_of("t", config.shards), K)
+    assert redis.hget(key, "t")[:1] == b"2"
+    # (K+3)L + 1 s: the 2L after the latest instant of window K, plus a second.
+    assert ttl_ms - 2_000 < redis.pttl(key) <= ttl_ms
+
+
+def test_record_reports_sessions_across_shards(send) -> None:
+    tokens = [f"tok-{i}" for i in range(12)]
+
+    assert send(*(start(t) for t in tokens)) == Recorded(12, 0, 12)
+    assert send(*(start(t, sessionDuration=2000) for t in tokens)) == Recorded(12, 0, 0)
+    assert send(*(zero(t, 3000) for t in tokens), start("one-more")) == Recorded(13, 0, 1)
+
+
+# --- retries ----------------------------------------------------------------------
+
+
+def test_a_retry_counts_nothing(send, flush) -> None:
+    first = payload(token="t", cdn=7, p2p=3)
+
+    assert send(first) == Recorded(accepted=1, duplicates=0, sessions=1)
+    assert send(dict(first)) == Recorded(accepted=0, duplicates=1, sessions=0)
+    assert send(first, first) == Recorded(accepted=0, duplicates=2, sessions=0)
+    assert flush(K) == {("acme", "movie-1"): (7, 3, 1, 1)}
+
+
+def test_a_retry_within_one_call_counts_once(send, flush) -> None:
+    p = payload(token="t", cdn=7, p2p=3)
+    q = payload(token="u", cdn=1, p2p=1)
+
+    assert send(p, q, p, p, q) == Recorded(accepted=2, duplicates=3, sessions=2)
+    assert flush(K) == {("acme", "movie-1"): (8, 4, 2, 2)}
+
+
+@pytest.mark.parametrize("later", [L, 2 * L - 1], ids=["next-window", "2L-later"])
+def test_a_retry_after_its_window_was_flushed_counts_nothing(send, clock, flush, later) -> None:
+    p = payload(token="t", cdn=7, p2p=3)
+    send(p)
+    assert flush(K) == {("acme", "movie-1"): (7, 3, 1, 1)}
+
+    clock.advance(later)
+
+    assert send(p) == Recorded(accepted=0, duplicates=1, sessions=0)
+    assert flush(window_index(clock.now, L)) == {}
+
+
+def test_a_retry_three_windows_later_counts_again(send, clock, flush) -> None:
+    """Past the horizon and 2L of silence the token is forgotten: it counts again.
+
+    This is the documented behaviour (SPEC section 4 lets token memory
+    forget a token after 2L without payloads), session included.
+    """
+    p = payload(token="t", cdn=7, p2p=3)
+    send(p)
+    clock.advance(3 * L)
+
+    assert send(p) == Recorded(accepted=1, duplicates=0, sessions=1)
+    assert flush(K) == {("acme", "movie-1"): (7, 3, 1, 1)}
+    assert flush(K + 3) == {("acme", "movie-1"): (7, 3, 1, 1)}
+
+
+def test_a_duration_outside_the_horizon_is_no_retry_while_the_token_is_remembered(
+    send, clock, flush
+) -> None:
+    """Window K's duration, seen again in window K + 3, is outside the 2-window horizon.
+
+    The token sent in K + 1 and K + 2, so its record still lists window K's
+    durations when the copy arrives; they must not be matched any more.
+    """
+    send(payload(token="t", cdn=1, p2p=0, sessionDuration=1000))
+    for w in (1, 2):
+        clock.now = START + w * L
+        send(payload(token="t", cdn=1, p2p=0, sessionDuration=1000 + w * L * 1000))
+    clock.now = START + 3 * L
+
+    assert send(payload(token="t", cdn=50, p2p=0, sessionDuration=1000)) == Recorded(1, 0, 0)
+    assert flush(K + 3) == {("acme", "movie-1"): (50, 0, 0, 1)}
+
+
+def test_a_new_duration_of_the_same_token_is_not_a_retry(send, flush) -> None:
+    assert send(payload(token="t", sessionDuration=30_000)).duplicates == 0
+    assert send(payload(token="t", sessionDuration=60_000)).duplicates == 0
+    assert send(payload(token="t", sessionDuration=3_000)).duplicates == 0  # a prefix of 30000
+    assert send(payload(token="t", sessionDuration=300)).duplicates == 0  # and of 3000
+    assert send(payload(token="u", sessionDuration=30_000)).duplicates == 0  # other token
+
+    assert flush(K) == {("acme", "movie-1"): (1250, 500, 2, 5)}
+
+
+def test_retries_are_counted_when_de_duplication_is_off(redis, scripts, config, clock, flush):
+    off = config.replace(dedup_seconds=0)
+    p = payload(token="t", cdn=7, p2p=3)
+
+    for i in range(3):
+        assert buffer.record(redis, scripts, off, [p], clock.now) == Recorded(1, 0, int(i == 0))
+    assert buffer.record(redis, scripts, off, [p, p], clock.now) == Recorded(2, 0, 0)
+
+    assert flush(K) == {("acme", "movie-1"): (35, 15, 1, 5)}
+    assert memory(redis, config, "t", K) == b"2"  # no durations kept
+
+
+# --- de-duplication record pruning ------------------------------------------------
+
+
+@pytest.mark.parametrize("shards", [1])
+def test_the_duration_record_holds_only_the_last_three_windows(redis, config, send, clock):
+    """A token sending every 30 s for 8 windows: its memory value stays short.
+
+    With the default horizon (two windows) the record of window k keeps the
+    durations of windows k-2, k-1 and k only, in one hash field of one
+    window's token hash.
+    """
+    sent: dict[int, list[int]] = {}
+    keys = Keys(config.key_prefix)
+    for w in range(8):
+        k = K + w
+        for i in range(10):
+            clock.now = k * L + 5 + 30 * i
+            duration = 1000 + 30_000 * (10 * w + i)
+            assert send(payload(token="t", sessionDuration=duration)).duplicates == 0
+            sent.setdefault(k, []).append(duration)
+
+            value = memory(redis, config, "t", k)
+            assert value is not None
+            assert value[:1] == b"2"
+            kept = {j: sent[j] for j in (k - 2, k - 1, k) if j in sent}
+            assert groups(value) == kept
+            expected = "2" + "".join(
+                f"|{j}:," + "".join(f"{d}," for d in kept[j]) for j in sorted(kept)
+            )
+            assert value == expected.encode()
+        # the token is held in one window's hash only
+        holders = [j for j in range(K - 3, k + 1) if redis.hexists(keys.tokens(0, j), "t")]
+        assert holders == [k]
+
+    assert len(memory(redis, config, "t", K + 7)) < 400
+    # Durations of the last three windows are retries; older ones are not listed.
+    assert send(payload(token="t", sessionDuration=sent[K + 5][0])).duplicates == 1
+    assert send(payload(token="t", sessionDuration=sent[K + 7][-1])).duplicates == 1
+    assert send(payload(token="t", sessionDuration=sent[K + 4][-1])).duplicates == 0
+
+
+def test_pruning_keeps_retries_of_the_previous_window(redis, config, send, clock) -> None:
+    send(payload(token="t", sessionDuration=1000))
+    clock.advance(L)
+    assert send(payload(token="t", sessionDuration=2000)) == Recorded(1, 0, 0)
+
+    assert groups(memory(redis, config, "t", K + 1)) == {K: [1000], K + 1: [2000]}
+    assert send(payload(token="t", sessionDuration=1000)) == Recorded(0, 1, 0)
+    assert memory(redis, config, "t", K) is None
+
+
+# --- freeze, read, release -------------------------------------------------------
+
+
+def test_freeze_moves_the_window_into_a_snapshot(redis, scripts, config, send) -> None:
+    send(payload(token="a"), payload(token="b", content="m2", cdn=5, p2p=6))
+    shard = shard_of("a", config.shards)
+    snapshot = Snapshot(k=K, shard=shard, flush_id="f1")
+    expected = 2 if shard_of("b", config.shards) == shard else 1
+
+    assert buffer.freeze(redis, scripts, config, snapshot) == expected
+
+    keys = Keys(config.key_prefix)
+    assert not redis.exists(keys.index(shard, K))
+    assert redis.zscore(keys.windows(shard), K) is None
+    assert buffer.closed_windows(redis, config, shard, K) == []
+    assert buffer.pending_snapshots(redis, config) == [snapshot]
+    rows = [row for batch in buffer.read_snapshot(redis, config, snapshot) for row in batch]
+    assert Row("acme", "movie-1", 250, 100, 1, 1) in rows
+    assert len(rows) == expected
+
+
+@pytest.mark.parametrize("shards", [1])
+def test_freeze_moves_more_idents_than_one_chunk(redis, scripts, config, send, flush) -> None:
+    # FREEZE lists and renames idents in chunks of 500 (RPUSH with unpack).
+    n = 1201
+    for start_at in range(0, n, 400):
+        send(
+            *(
+                payload(token=f"t{i}", content=f"m{i}", cdn=i, p2p=1)
+                for i in range(start_at, min(start_at + 400, n))
+            )
+        )
+    snapshot = Snapshot(k=K, shard=0, flush_id="big")
+
+    assert buffer.freeze(redis, scripts, config, snapshot) == n
+    assert redis.llen(Keys(config.key_prefix).snapshot_list(0, "big", K)) == n
+    rows = [row for batch in buffer.read_snapshot(redis, config, snapshot) for row in batch]
+    assert sorted((r.content, r.cdn, r.p2p, r.sessions, r.payloads) for r in rows) == sorted(
+        (f"m{i}", i, 1, 1, 1) for i in range(n)
+    )
+    buffer.release(redis, config, snapshot)
+    assert list(redis.scan_iter(match=f"{config.key_prefix}:*:x:*")) == []
+
+
+def test_stragglers_go_to_fresh_live_keys(redis, scripts, config, send, clock, flush) -> None:
+    send(payload(token="t", cdn=1, p2p=2, sessionDuration=1000))
+    shard = shard_of("t", config.shards)
+    first = Snapshot(k=K, shard=shard, flush_id="first")
+    assert buffer.freeze(redis, scripts, config, first) == 1
+
+    clock.now = K_END - 0.001  # still window K
+    send(
+        payload(token="t", cdn=10, p2p=20, sessionDuration=2000),
+        payload(token="t", cdn=100, p2p=200, sessionDuration=3000),
+    )
+
+    assert buffer.closed_windows(redis, config, shard, K) == [K]
+    assert [list(b) for b in buffer.read_snapshot(redis, config, first)] == [
+        [Row("acme", "movie-1", 1, 2, 1, 1)]
+    ]
+    assert flush(K) == {("acme", "movie-1"): (110, 220, 0, 2)}
+    assert buffer.pending_snapshots(redis, config) == [first]  # untouched until released
+
+
+@pytest.mark.parametrize(("contents", "sizes"), [(15, [7, 7, 1]), (14, [7, 7]), (1, [1])])
+def test_read_snapshot_yields_batches_of_flush_batch_size(
+    redis, scripts, config, send, contents: int, sizes: list[int]
+) -> None:
+    send(
+        *(
+            payload(token="t", content=f"m{i}", cdn=i, sessionDuration=1000 + i)
+            for i in range(contents)
+        )
+    )
+    snapshot = Snapshot(k=K, shard=shard_of("t", config.shards), flush_id="f1")
+    buffer.freeze(redis, scripts, config, snapshot)
+
+    batches = list(buffer.read_snapshot(redis, config, snapshot))
+
+    assert [len(b) for b in batches] == sizes
+    rows = sorted((r for b in batches for r in b), key=lambda r: r.cdn)
+    assert [(r.content, r.cdn, r.p2p, r.payloads) for r in rows] == [
+        (f"m{i}", i, 100, 1) for i in range(contents)
+    ]
+    assert sum(r.sessions for r in rows) == 1
+
+
+def test_release_deletes_the_snapshot_and_keeps_token_memory(redis, scripts, config, send) -> None:
+    send(*(payload(token="t", content=f"m{i}", sessionDuration=1000 + i) for i in range(5)))
+    shard = shard_of("t", config.shards)
+    snapshot = Snapshot(k=K, shard=shard, flush_id="f1")
+    buffer.freeze(redis, scripts, config, snapshot)
+    keys = Keys(config.key_prefix)
+    tokens = keys.tokens(shard, K)
+
+    buffer.release(redis, config, snapshot)
+
+    assert buffer.pending_snapshots(redis, config) == []
+    assert list(buffer.read_snapshot(redis, config, snapshot)) == []
+    assert memory(redis, config, "t", K)[:1] == b"2"
+    buffer.release(redis, config, snapshot)  # idempotent
+    assert sorted(redis.scan_iter(match=f"{config.key_prefix}:*")) == [tokens.encode()]
+
+
+def test_freezing_an_empty_window_makes_no_snapshot(redis, scripts, config, send) -> None:
+    send(payload(token="t"))
+    before = sorted(redis.scan_iter(match=f"{config.key_prefix}:*"))
+
+    for shard in range(config.shards):
+        assert buffer.freeze(redis, scripts, config, Snapshot(K - 1, shard, "f1")) == 0
+
+    assert buffer.pending_snapshots(redis, config) == []
+    assert sorted(redis.scan_iter(match=f"{config.key_prefix}:*")) == before
+
+
+def test_freezing_a_window_twice_makes_one_snapshot(redis, scripts, config, send) -> None:
+    send(payload(token="t"))
+    shard = shard_of("t", config.shards)
+    first = Snapshot(k=K, shard=shard, flush_id="f1")
+
+    assert buffer.freeze(redis, scripts, config, first) == 1
+    assert buffer.freeze(redis, scripts, config, Snapshot(k=K, shard=shard, flush_id="f2")) == 0
+    assert buffer.pending_snapshots(redis, config) == [first]
+
+
+def test_a_window_with_only_duplicates_has_nothing_to_flush(redis, config, send, clock, flush):
+    p = payload(token="t")
+    send(p)
+    assert flush(K) == {("acme", "movie-1"): (250, 100, 1, 1)}
+    clock.advance(L)
+
+    assert send(p, p) == Recorded(0, 2, 0)
+    keys = Keys(config.key_prefix)
+    for shard in range(config.shards):
+        assert buffer.closed_windows(redis, config, shard, K + 1) == []
+        assert not redis.exists(keys.index(shard, K + 1))
