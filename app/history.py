@@ -53,7 +53,10 @@ def parse_time(text: str) -> datetime:
     # An unescaped '+' in a query string arrives as a space: "...T10:00:00 02:00".
     text = re.sub(r" (\d\d(:?\d\d)?)$", r"+\1", text)
     value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    # In UTC: PostgreSQL refuses offsets beyond 15:59 that Python accepts.
+    return value.astimezone(timezone.utc)
 
 
 def encode_cursor(query: Query, row: tuple) -> str:

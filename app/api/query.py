@@ -39,6 +39,8 @@ def get_history():
         raise Unavailable("DATABASE_URL is not set for this web process.")
     try:
         rows, cursor = history.fetch(services.pool, query)
+    except psycopg2.DataError as exc:  # a value PostgreSQL cannot represent
+        raise InvalidParameter({"query": [" ".join(str(exc).split())]}) from None
     except psycopg2.Error as exc:
         # Down, or not migrated yet (payload-stats init-db): nothing the client did.
         logger.warning("postgres_unavailable", extra={"reason": " ".join(str(exc).split())})

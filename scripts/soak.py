@@ -1,0 +1,702 @@
+"""Soak: the whole service under load and scheduler crashes, checked exactly.
+
+    python scripts/soak.py --duration 60 [--processes 4] [--window 2] [--seed N]
+                           [--redis-url URL] [--database-url URL] [--keep]
+
+Runs ``payload-stats web`` (gunicorn) and ``payload-stats scheduler`` as
+subprocesses with a short window, under their own Redis key prefix and their
+own PostgreSQL schema (created here, dropped at the end unless ``--keep``).
+Several load processes POST payloads over HTTP: random customers and
+contents, sessions that start, go on and end, retries of accepted payloads
+(same token and sessionDuration: must count once) and invalid payloads (must
+get a 4xx and count nothing). Meanwhile the scheduler is SIGKILLed and
+restarted at random, and some of its lives run with ``STATS_FAILPOINT`` set
+(they die by themselves at that step of a flush). At the end, once the last
+window has closed, a final ``payload-stats flush`` runs and ``stats`` is
+compared with the load processes' own ledger of what was answered 2xx:
+
+- per (customer, content) over the whole run: cdn, p2p and sessions exactly;
+- per (window, customer, content): exactly, for payloads whose request
+  started and ended (by the client's clock, the same host's as the server's)
+  more than ``--margin`` seconds inside one window. A payload sent closer to
+  a boundary may be in either window: it is reported apart, and a row it may
+  belong to must lie between the sum without it and the sum with it.
+
+Expected sessions follow SPEC section 4, computed here from the payloads,
+with every token new in the soak. Prints a summary ending in
+``mismatches: N`` and exits 1 on any mismatch (2 on a usage error).
+
+Servers: ``--redis-url``/``--database-url``, or REDIS_URL/DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import multiprocessing
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg2
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = [sys.executable, "-m", "app"]  # the `payload-stats` command, from this checkout
+
+CUSTOMERS = ["acme-tv", "globo", "cust:3", "ÉCOLE", "x y"]
+CONTENTS = [f"live/channel-{i}" for i in range(12)] + ["vod/a:b", "日本語/ライブ", "c"]
+INVALID_CHANGES: list[dict[str, Any]] = [
+    {"cdn": -1}, {"p2p": 10**12 + 1}, {"sessionDuration": "30000"}, {"timespan": 1.5},
+    {"customer": ""}, {"content": "bad\x00name"}, {"cdn": True}, {"token": "t" * 129},
+    {"sessionDuration": -5}, {"customer": None},
+]
+# Payloads sent near a window boundary use these pairs, so that the rows of
+# the others hold (almost) only payloads whose window is certain.
+EDGE_PAIRS = [("edge", f"boundary/{i}") for i in range(3)]
+MISSING_FIELDS = ["token", "customer", "content", "timespan", "p2p", "cdn", "sessionDuration"]
+GRACE_SECONDS = 0.5
+FAILPOINT_EXIT = 17  # STATS_FAILPOINT: the process exits with this code at that step
+# The scheduler's lives, in rounds of this list shuffled: None is a life ended
+# by SIGKILL at a random instant; the others crash by themselves at a
+# failpoint of their first flush (after_commit: the snapshot is in PostgreSQL
+# and still in Redis, so the next flush must not count it again).
+LIVES = [None, None, "after_freeze", "mid_batch", "after_commit"]
+
+
+# --- the load processes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    seed: int
+    port: int
+    stop_at: float  # unix time
+    window: int
+    rate: float  # payloads per second, 0: as fast as the service answers
+    margin: float
+    run_id: str
+
+
+class Load:
+    """One load process: its sessions, what it sent and what it expects."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.rng = random.Random(job.seed)
+        self.length = job.window
+        self.counts: Counter[str] = Counter()
+        self.errors: list[str] = []
+        # Expected sums: whole run per (customer, content); per window end for
+        # payloads well inside a window; per candidate window for the others.
+        self.totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.inside: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.maybe: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.uncertain_sessions: Counter[tuple[str, str]] = Counter()
+        self.seen: dict[str, float] = {}  # token -> t_before of its latest counted payload
+        self.started: set[str] = set()
+        self.last_after = 0.0
+        self._tokens = 0
+
+    # SPEC section 4, applied to one counted payload.
+    def _session(self, body: dict[str, Any], t_before: float, t_after: float) -> tuple[int, int]:
+        """(starts, uncertain): whether it starts a session, and whether the
+        service may have forgotten the token (2 windows without payloads)."""
+        token = body["token"]
+        short = body["sessionDuration"] < self.length * 1000
+        remembered = token in self.seen
+        starts = short and token not in self.started and (
+            not remembered or body["cdn"] + body["p2p"] == 0)
+        uncertain = (short and remembered and not starts
+                     and t_after - self.seen[token] >= 2 * self.length)
+        self.seen[token] = t_before
+        if starts:
+            self.started.add(token)
+        return int(starts), int(uncertain)
+
+    def _count(self, body: dict[str, Any], t_before: float, t_after: float) -> None:
+        starts, uncertain = self._session(body, t_before, t_after)
+        pair = (body["customer"], body["content"])
+        amounts = (body["cdn"], body["p2p"], starts)
+        total = self.totals[pair]
+        for i, v in enumerate(amounts):
+            total[i] += v
+        self.uncertain_sessions[pair] += uncertain
+        k1, k2 = math.floor(t_before / self.length), math.floor(t_after / self.length)
+        inside = (k1 == k2 and t_before - k1 * self.length > self.job.margin
+                  and (k1 + 1) * self.length - t_after > self.job.margin)
+        if inside and not uncertain:
+            row = self.inside[((k1 + 1) * self.length, *pair)]
+            for i, v in enumerate(amounts):
+                row[i] += v
+        else:
+            self.counts["boundary"] += 1
+            for k in range(k1, k2 + 1):
+                row = self.maybe[((k + 1) * self.length, *pair)]
+                row[0] += body["cdn"]
+                row[1] += body["p2p"]
+                row[2] += starts + uncertain
+        self.counts["accepted"] += 1
+        self.last_after = max(self.last_after, t_after)
+
+    def _post(self, body: Any) -> tuple[int, Any]:
+        """One request; (status, JSON body).
+
+        Raises OSError or http.client.HTTPException when there is no answer.
+        """
+        conn = http.client.HTTPConnection("127.0.0.1", self.job.port, timeout=10)
+        try:
+            conn.request("POST", "/stats", body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        self.counts["sent"] += 1
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, None
+
+    def send(self, body: dict[str, Any], *, retry_of_accepted: bool) -> bool:
+        """POST a valid payload until it gets a definitive answer, as a device would.
+
+        Returns True when it was answered 2xx. An attempt with no answer, or
+        answered 503 (a Redis timeout may come after the write), may or may not
+        have been counted; the next attempt's answer says which (a duplicate:
+        the earlier one was), so the payload is counted once either way,
+        somewhere between the first attempt's start and the last one's end.
+        """
+        t_before = time.time()
+        for attempt in range(6):
+            if attempt:
+                time.sleep(0.2 * attempt)
+            try:
+                status, answer = self._post(body)
+            except (OSError, http.client.HTTPException) as exc:
+                self.counts["no_answer"] += 1
+                self.errors.append(f"no answer: {exc!r}")
+                continue
+            t_after = time.time()
+            if status == 503:  # "retry shortly": Redis was slow or down; maybe it was counted
+                self.counts["unavailable"] += 1
+                self.errors.append(f"503 on a valid payload (retried): {answer}")
+                continue
+            if status >= 500:
+                self.counts["server_errors"] += 1
+                self.errors.append(f"{status} on a valid payload: {answer}")
+                continue
+            if status != 200 or not isinstance(answer, dict):
+                self.counts["valid_rejected"] += 1
+                self.errors.append(f"{status} on a valid payload {body}: {answer}")
+                return False
+            counted = answer.get("accepted") == 1 and answer.get("duplicates") == 0
+            duplicate = answer.get("accepted") == 0 and answer.get("duplicates") == 1
+            if not (counted or duplicate):
+                self.counts["bad_answers"] += 1
+                self.errors.append(f"unexpected answer {answer}")
+                return False
+            if duplicate:
+                self.counts["duplicates"] += 1
+            if retry_of_accepted:
+                if counted:  # a retry within the horizon must count nothing
+                    self.counts["retries_counted"] += 1
+                    self.errors.append(f"a retry was counted again: {body}")
+                    self._count(body, t_before, t_after)
+            elif counted or attempt:
+                self._count(body, t_before, t_after)
+            else:  # the first attempt of a new payload, answered as a retry
+                self.counts["new_payload_duplicate"] += 1
+                self.errors.append(f"a new payload was answered as a duplicate: {body}")
+            return True
+        self.counts["unanswered"] += 1
+        return False
+
+    def reject(self, body: dict[str, Any]) -> None:
+        """POST an invalid payload: it must get a 4xx JSON error."""
+        try:
+            status, answer = self._post(body)
+        except (OSError, http.client.HTTPException) as exc:
+            self.counts["no_answer"] += 1
+            self.errors.append(f"no answer to an invalid payload: {exc!r}")
+            return
+        if 400 <= status < 500 and isinstance(answer, dict) and "error" in answer:
+            self.counts["rejected"] += 1
+        else:
+            self.counts["invalid_accepted" if status < 300 else "bad_rejections"] += 1
+            self.errors.append(f"{status} {answer} on an invalid payload {body!r}")
+
+    def token(self) -> str:
+        self._tokens += 1
+        return f"soak-{self.job.run_id}-{self.job.index}-{self._tokens}"
+
+    def bytes_(self) -> int:
+        r = self.rng.random()
+        if r < 0.25:
+            return 0
+        if r < 0.27:
+            return 10**12
+        return self.rng.randrange(1, 10**8)
+
+    def payload(self, token: str, pair: tuple[str, str], duration: int) -> dict[str, Any]:
+        return {"token": token, "customer": pair[0], "content": pair[1],
+                "timespan": self.rng.randrange(0, 60_000), "p2p": self.bytes_(),
+                "cdn": self.bytes_(), "sessionDuration": duration}
+
+    def run(self) -> dict[str, Any]:
+        rng, length = self.rng, self.length
+        sessions: dict[bool, list[dict[str, Any]]] = {False: [], True: []}  # by near_edge
+        spare_tokens: list[str] = []  # used in rejected payloads only: still new
+        next_at = time.monotonic()
+        while time.time() < self.job.stop_at:
+            if self.job.rate:
+                next_at += 1 / self.job.rate
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            now = time.time()
+            phase = now % length
+            near_edge = phase < self.job.margin or length - phase < self.job.margin + 0.05
+            # A session idle for half a window ends: the service must remember a
+            # token for 2 windows, so the expected sessions never depend on forgetting.
+            active = sessions[near_edge] = [
+                s for s in sessions[near_edge] if s["left"] > 0 and now - s["at"] < length / 2]
+            roll = rng.random()
+            if roll < 0.04:
+                token = self.token()
+                body = self.payload(token, (rng.choice(CUSTOMERS), rng.choice(CONTENTS)), 0)
+                if rng.random() < 0.3:
+                    del body[rng.choice(MISSING_FIELDS)]
+                else:
+                    body.update(rng.choice(INVALID_CHANGES))
+                self.reject(body)
+                spare_tokens.append(token)
+                continue
+            if roll < 0.12 and active:
+                session = rng.choice(active)
+                self.counts["retries"] += 1
+                self.send(dict(session["last"]), retry_of_accepted=True)
+                continue
+            if active and (roll < 0.6 or len(active) >= 20):
+                session = rng.choice(active)
+                session["duration"] += rng.randrange(1, 3 * length * 1000 // 2)
+            else:
+                session = {
+                    "token": spare_tokens.pop() if spare_tokens else self.token(),
+                    "pair": (rng.choice(EDGE_PAIRS) if near_edge
+                             else (rng.choice(CUSTOMERS), rng.choice(CONTENTS))),
+                    "left": rng.randrange(1, 12),
+                    "duration": rng.choice([0, 1, length * 500, length * 1000 - 1,
+                                            length * 1000, 30_000, 3_600_000]),
+                    "at": now,
+                }
+                active.append(session)
+            body = self.payload(session["token"], session["pair"], session["duration"])
+            session["left"] -= 1
+            if self.send(body, retry_of_accepted=False):
+                session.update(at=time.time(), last=body)
+            else:
+                session["left"] = 0  # no answer: the device gives up this session
+        return {
+            "counts": dict(self.counts),
+            "errors": self.errors[:20],
+            "totals": dict(self.totals),
+            "inside": dict(self.inside),
+            "maybe": dict(self.maybe),
+            "uncertain_sessions": dict(self.uncertain_sessions),
+            "last_after": self.last_after,
+        }
+
+
+def run_load(job: Job) -> dict[str, Any]:
+    """Entry point of a load process."""
+    return Load(job).run()
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+class Service:
+    """The web and scheduler subprocesses, their logs, and the run's sandbox."""
+
+    def __init__(self, args: argparse.Namespace, run_id: str, workdir: Path) -> None:
+        self.args = args
+        self.prefix = f"soak-{run_id}"
+        self.schema = f"soak_{run_id}"
+        self.workdir = workdir
+        self.port = free_port()
+        self.database_url = with_search_path(args.database_url, self.schema)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("STATS_", "GUNICORN_"))}
+        self.env.update(
+            REDIS_URL=args.redis_url,
+            DATABASE_URL=self.database_url,
+            STATS_KEY_PREFIX=self.prefix,
+            STATS_WINDOW_SECONDS=str(args.window),
+            STATS_FLUSH_GRACE_SECONDS=str(GRACE_SECONDS),
+            STATS_FLUSH_INTERVAL_SECONDS="0.5",
+            STATS_FLUSH_LOCK_SECONDS="2",
+            STATS_SHARDS=str(args.shards),
+            STATS_RETENTION_DAYS="0",
+            STATS_LOG_FORMAT="text",
+        )
+        self.web: subprocess.Popen | None = None
+        self.scheduler: subprocess.Popen | None = None
+        self.failpoint: str | None = None
+        self.kills = 0
+        self.kills_mid_flush = 0
+        self.failpoint_exits: Counter[str] = Counter()
+
+    def create_schema(self) -> None:
+        conn = psycopg2.connect(self.args.database_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'CREATE SCHEMA "{self.schema}"')
+        finally:
+            conn.close()
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*COMMAND, *args], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def _log(self, name: str):
+        return (self.workdir / f"{name}.log").open("ab")
+
+    def start_web(self) -> None:
+        with self._log("web") as log:
+            self.web = subprocess.Popen(
+                [*COMMAND, "web", "--bind", f"127.0.0.1:{self.port}",
+                 "--workers", str(self.args.workers)],
+                env={**self.env, "STATS_LOG_LEVEL": "WARNING"}, cwd=ROOT, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.web.poll() is not None:
+                raise RuntimeError(f"web exited with {self.web.returncode}; see {self.workdir}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise RuntimeError("web did not answer /healthz within 60 s")
+
+    def start_scheduler(self, failpoint: str | None = None) -> None:
+        """Start a scheduler; with ``failpoint``, it exits 17 at that step of a flush."""
+        self.failpoint = failpoint
+        env = {**self.env, "STATS_FAILPOINT": failpoint} if failpoint else self.env
+        with self._log("scheduler") as log:
+            self.scheduler = subprocess.Popen([*COMMAND, "scheduler"], env=env, cwd=ROOT,
+                                              stdout=log, stderr=subprocess.STDOUT)
+
+    def snapshots(self) -> set[bytes]:
+        """The pending snapshots (``FLUSHID:k``) of every shard."""
+        redis = Redis.from_url(self.args.redis_url)
+        try:
+            pipe = redis.pipeline(transaction=False)
+            for shard in range(self.args.shards):
+                pipe.hkeys(f"{self.prefix}:{{{shard}}}:snaps")
+            return {name for names in pipe.execute() for name in names}
+        finally:
+            redis.close()
+
+    def kill_scheduler(self) -> None:
+        """SIGKILL the scheduler; count the kills that left a snapshot of its own.
+
+        A scheduler that already died at its failpoint (exit 17) is counted as such.
+        """
+        assert self.scheduler is not None
+        code = self.scheduler.poll()
+        if code == FAILPOINT_EXIT and self.failpoint:
+            self.failpoint_exits[self.failpoint] += 1
+            return
+        if code is not None:
+            raise RuntimeError(f"the scheduler exited by itself ({code}); see {self.workdir}")
+        before = self.snapshots()
+        self.scheduler.kill()
+        self.scheduler.wait(30)
+        self.kills += 1
+        self.kills_mid_flush += bool(self.snapshots() - before)
+
+    def stop(self) -> None:
+        """SIGTERM both processes (a graceful stop); SIGKILL what is left after 30 s."""
+        for proc in (self.scheduler, self.web):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (self.scheduler, self.web):
+            if proc is None:
+                continue
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                if proc is self.web:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+                proc.wait(10)
+
+    def stats(self) -> dict[tuple[int, str, str], tuple[int, int, int]]:
+        conn = psycopg2.connect(self.database_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT extract(epoch FROM time)::bigint, customer, content, "
+                            "cdn, p2p, sessions FROM stats")
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        return {(t, cu, co): (cdn, p2p, s) for t, cu, co, cdn, p2p, s in rows}
+
+    def leftover_keys(self) -> list[str]:
+        """Redis keys still holding buffered data: live counters or snapshots."""
+        redis = Redis.from_url(self.args.redis_url)
+        try:
+            names = [k.decode() for k in redis.scan_iter(match=f"{self.prefix}:*", count=1000)]
+        finally:
+            redis.close()
+        kept = (":lock:flush", ":flush:stats")
+        return sorted(n for n in names if ":t:" not in n and not n.endswith(kept))
+
+    def clean(self) -> None:
+        redis = Redis.from_url(self.args.redis_url)
+        try:
+            batch = []
+            for name in redis.scan_iter(match=f"{self.prefix}:*", count=1000):
+                batch.append(name)
+                if len(batch) == 500:
+                    redis.unlink(*batch)
+                    batch = []
+            if batch:
+                redis.unlink(*batch)
+        finally:
+            redis.close()
+        conn = psycopg2.connect(self.args.database_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
+            conn.close()
+
+
+# --- the check -----------------------------------------------------------------------------------
+
+
+def merge(results: list[dict[str, Any]], name: str) -> dict[tuple, list[int]]:
+    merged: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for result in results:
+        for key, values in result[name].items():
+            row = merged[key]
+            for i, v in enumerate(values):
+                row[i] += v
+    return merged
+
+
+def compare(results: list[dict[str, Any]], rows: dict[tuple, tuple[int, int, int]]
+            ) -> tuple[list[str], Counter[str]]:
+    """Mismatches between ``stats`` and the ledger, and figures of the check."""
+    problems: list[str] = []
+    figures: Counter[str] = Counter()
+    totals = merge(results, "totals")
+    inside = merge(results, "inside")
+    maybe = merge(results, "maybe")
+    uncertain: Counter[tuple] = Counter()
+    for result in results:
+        uncertain.update(result["uncertain_sessions"])
+
+    # The whole run, per (customer, content): exact.
+    found: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (_, customer, content), values in rows.items():
+        row = found[(customer, content)]
+        for i, v in enumerate(values):
+            row[i] += v
+    for pair in sorted(set(totals) | set(found)):
+        want, got = totals.get(pair, [0, 0, 0]), found.get(pair, [0, 0, 0])
+        sessions_ok = want[2] <= got[2] <= want[2] + uncertain[pair]
+        if want[:2] != got[:2] or not sessions_ok:
+            problems.append(f"total {pair}: stats has cdn/p2p/sessions {got}, ledger {want}"
+                            + (f" (+{uncertain[pair]} uncertain sessions)" if uncertain[pair]
+                               else ""))
+        figures["pairs"] += 1
+
+    # Per window: exact without boundary payloads, bounded with them.
+    for key in sorted(set(inside) | set(maybe) | set(rows)):
+        low = inside.get(key, [0, 0, 0])
+        high = [a + b for a, b in zip(low, maybe.get(key, [0, 0, 0]), strict=True)]
+        got = list(rows.get(key, (0, 0, 0)))
+        if key in maybe:
+            figures["windows_bounded"] += 1
+            ok = all(lo <= g <= hi for lo, g, hi in zip(low, got, high, strict=True))
+        else:
+            figures["windows_exact"] += 1
+            ok = got == low
+        if not ok:
+            problems.append(f"window {key}: stats has cdn/p2p/sessions {got}, ledger "
+                            + (f"between {low} and {high}" if key in maybe else f"{low}"))
+    return problems, figures
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of load [60]")
+    p.add_argument("--processes", type=int, default=4, help="load processes [4]")
+    p.add_argument("--window", type=int, default=2, help="STATS_WINDOW_SECONDS [2]")
+    p.add_argument("--seed", type=int, help="random seed [random, printed]")
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
+                   help="Redis to use [REDIS_URL]")
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
+                   help="PostgreSQL to use [DATABASE_URL]")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the Redis keys, the PostgreSQL schema and the logs")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers [2]")
+    p.add_argument("--shards", type=int, default=4, help="STATS_SHARDS [4]")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="payloads per second per load process; 0: as fast as answered [0]")
+    p.add_argument("--kill-every", type=float, default=3.0,
+                   help="mean seconds between scheduler SIGKILLs [3]")
+    p.add_argument("--margin", type=float, default=0.1,
+                   help="seconds from a window boundary within which a payload's window "
+                        "is ambiguous [0.1]")
+    args = p.parse_args(argv)
+    if not args.redis_url or not args.database_url:
+        p.error("set --redis-url and --database-url (or REDIS_URL and DATABASE_URL)")
+    if args.duration <= 0 or args.processes < 1 or args.window < 1:
+        p.error("--duration, --processes and --window must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    rng = random.Random(seed)
+    run_id = secrets.token_hex(4)
+    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
+    service = Service(args, run_id, workdir)
+    print(f"soak: seed {seed}, {args.duration:g} s, {args.processes} load processes, "
+          f"window {args.window} s, prefix {service.prefix}, schema {service.schema}, "
+          f"logs {workdir}", flush=True)
+    problems: list[str] = []
+    ok = False
+    service.create_schema()
+    try:
+        done = service.run("init-db")
+        if done.returncode != 0:
+            raise RuntimeError(f"init-db failed: {done.stderr.strip()}")
+        service.start_web()
+
+        stop_at = time.time() + args.duration
+        jobs = [Job(i, rng.randrange(2**32), service.port, stop_at, args.window, args.rate,
+                    args.margin, run_id) for i in range(args.processes)]
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(args.processes) as pool:
+            pending = pool.map_async(run_load, jobs)
+            # While the load runs, the scheduler is killed at random instants, or
+            # dies at a failpoint of a flush (then it is waited for, up to 30 s).
+            # The first round crashes at every failpoint, after_commit first, before
+            # any SIGKILL, so that even a short run goes through each of them.
+            lives = sorted(rng.sample(LIVES, len(LIVES)),
+                           key=lambda life: (life is not None, life == "after_commit"))
+            while not pending.ready():
+                if not lives:
+                    lives = rng.sample(LIVES, len(LIVES))
+                service.start_scheduler(lives.pop())
+                if service.failpoint:
+                    started = time.monotonic()
+                    while (service.scheduler.poll() is None and not pending.ready()
+                           and time.monotonic() - started < 30):
+                        pending.wait(0.1)
+                else:
+                    pending.wait(rng.expovariate(1 / args.kill_every))
+                service.kill_scheduler()
+            results = pending.get()
+        service.stop()
+
+        last = max(r["last_after"] for r in results)
+        end = (math.floor(last / args.window) + 1) * args.window
+        time.sleep(max(0.0, end + GRACE_SECONDS + 0.2 - time.time()))
+        done = service.run("flush")
+        if done.returncode != 0:
+            raise RuntimeError(f"the final flush failed: {done.stderr.strip()}")
+
+        rows = service.stats()
+        problems, figures = compare(results, rows)
+        counts: Counter[str] = Counter()
+        for result in results:
+            counts.update(result["counts"])
+        request_errors = [e for result in results for e in result["errors"]]
+        leftovers = service.leftover_keys()
+        if leftovers:
+            problems.append(f"{len(leftovers)} keys still buffered in Redis: {leftovers[:5]}")
+        failed_requests = sum(counts[name] for name in (
+            "server_errors", "unanswered", "valid_rejected", "bad_answers", "retries_counted",
+            "new_payload_duplicate", "invalid_accepted", "bad_rejections"))
+        mismatches = len(problems) + failed_requests
+
+        for line in request_errors[:10]:
+            print(f"  request: {line}")
+        for line in problems[:30]:
+            print(f"  {line}")
+        print(f"payloads sent: {counts['sent']} (requests)")
+        print(f"accepted: {counts['accepted']} (counted once each)")
+        print(f"duplicates: {counts['duplicates']} (answers to {counts['retries']} retries)")
+        print(f"rejected: {counts['rejected']} (invalid payloads, 4xx)")
+        print(f"boundary payloads: {counts['boundary']} (window checked within bounds)")
+        print(f"failed requests: {failed_requests} (5xx: {counts['server_errors']}, "
+              f"retries counted: {counts['retries_counted']}, "
+              f"invalid accepted: {counts['invalid_accepted']}, "
+              f"unanswered: {counts['unanswered']}); retried after a 503: "
+              f"{counts['unavailable']}, after no answer: {counts['no_answer']}")
+        print(f"scheduler kills: {service.kills} ({service.kills_mid_flush} left a snapshot), "
+              f"failpoint exits: {sum(service.failpoint_exits.values())} "
+              f"{dict(sorted(service.failpoint_exits.items()))}")
+        print(f"rows: {len(rows)} in {len({k[0] for k in rows})} windows; "
+              f"{figures['windows_exact']} (window, customer, content) checked exactly, "
+              f"{figures['windows_bounded']} within bounds; {figures['pairs']} "
+              f"(customer, content) totals checked exactly")
+        print(f"mismatches: {mismatches}", flush=True)
+        ok = mismatches == 0
+    finally:
+        service.stop()
+        if not args.keep:
+            service.clean()
+            if ok:
+                shutil.rmtree(workdir, ignore_errors=True)
+        if not ok:
+            print(f"soak: logs kept in {workdir}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
