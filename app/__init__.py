@@ -51,7 +51,8 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
         schema=PayloadSchema(),
         clock=clock or time.time,
         metrics=Metrics(),
-        pool=clients.database_pool(config, 2) if config.database_url else None,
+        # One connection per gunicorn thread at most: a request never waits for one.
+        pool=clients.database_pool(config, config.web_threads) if config.database_url else None,
     )
     app.extensions["payload_stats"] = services
     for blueprint in (ingest.bp, query.bp, health.bp, metrics_api.bp, docs.bp):

@@ -35,7 +35,8 @@ class Config:
     flush_lock_seconds: float = 60.0
     data_dir: str = "var"
     bind: str = "127.0.0.1:8000"
-    web_workers: int = 0  # 0: 2 x CPU cores + 1
+    web_workers: int = 0  # 0: one per CPU core
+    web_threads: int = 8
     log_level: str = "INFO"
     log_format: str = "text"
     retention_days: int = 365
@@ -177,6 +178,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "STATS_DATA_DIR": ("data_dir", str),
     "STATS_BIND": ("bind", _bind),
     "STATS_WEB_WORKERS": ("web_workers", _integer(0, 1024)),
+    "STATS_WEB_THREADS": ("web_threads", _integer(1, 256)),
     "STATS_LOG_LEVEL": ("log_level", _log_level),
     "STATS_LOG_FORMAT": ("log_format", _log_format),
     "STATS_RETENTION_DAYS": ("retention_days", _integer(0)),

@@ -123,7 +123,9 @@ def flush_once(
 
         for k in sorted(by_window):
             snapshots = by_window[k]
-            written = _write_window(redis, conn, config, k, snapshots, failpoint, on_progress)
+            written = _write_window(
+                redis, scripts, conn, config, k, snapshots, failpoint, on_progress
+            )
             failpoint("after_commit")
             for snap in snapshots:
                 buffer.release(redis, config, snap)
@@ -144,6 +146,7 @@ def flush_once(
 
 def _write_window(
     redis: Redis,
+    scripts: Scripts,
     conn,
     config: Config,
     k: int,
@@ -161,7 +164,7 @@ def _write_window(
         for snap in snapshots:
             if snap.id not in owned:
                 continue
-            for rows in buffer.read_snapshot(redis, config, snap):
+            for rows in buffer.read_snapshot(redis, config, snap, scripts):
                 store.stage(conn, rows)
                 failpoint("mid_batch")
                 on_progress()

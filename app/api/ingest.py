@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+import orjson
+from flask import Blueprint, Response, current_app, request
 from redis.exceptions import RedisError
 
 from .. import buffer
@@ -45,8 +46,7 @@ def post_stats():
     payloads, errors = load_payloads(services.schema, [body])
     if errors:
         raise InvalidPayload(errors["0"])
-    recorded = _record(services, payloads)
-    return jsonify(accepted=recorded.accepted, duplicates=recorded.duplicates)
+    return _answer(_record(services, payloads))
 
 
 @bp.post("/stats/batch")
@@ -66,5 +66,10 @@ def post_batch():
     payloads, errors = load_payloads(services.schema, items)
     if errors:
         raise InvalidBatch(errors, len(items))
-    recorded = _record(services, payloads)
-    return jsonify(accepted=recorded.accepted, duplicates=recorded.duplicates)
+    return _answer(_record(services, payloads))
+
+
+def _answer(recorded: buffer.Recorded) -> Response:
+    # orjson, not jsonify: this answer is sent once per device payload.
+    body = orjson.dumps({"accepted": recorded.accepted, "duplicates": recorded.duplicates})
+    return Response(body, mimetype="application/json")

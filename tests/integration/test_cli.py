@@ -270,7 +270,8 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
     feeder = Feeder(redis, cli_config)
     base = past_base()
     populate(feeder, base, windows=8, pairs=250, seed=seed)
-    env = environment(cli_config, STATS_LOG_LEVEL="WARNING")
+    # One counter hash per round trip: a flush lasts long enough to be hit.
+    env = environment(cli_config, STATS_LOG_LEVEL="WARNING", STATS_FLUSH_BATCH_SIZE="1")
     codes, interrupted = [], 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -26,6 +26,7 @@ ALL_SET = {
     "STATS_FLUSH_LOCK_SECONDS": "30",
     "STATS_BIND": "0.0.0.0:9000",
     "STATS_WEB_WORKERS": "4",
+    "STATS_WEB_THREADS": "16",
     "STATS_LOG_LEVEL": "debug",
     "STATS_LOG_FORMAT": "json",
     "STATS_RETENTION_DAYS": "30",
@@ -50,6 +51,7 @@ ALL_SET_EXPECTED = {
     "flush_lock_seconds": 30.0,
     "bind": "0.0.0.0:9000",
     "web_workers": 4,
+    "web_threads": 16,
     "log_level": "DEBUG",
     "log_format": "json",
     "retention_days": 30,
@@ -136,6 +138,8 @@ def test_blank_values_mean_default(blank: str) -> None:
         ("STATS_DEDUP_SECONDS", "0", "dedup_seconds", 0),
         ("STATS_DEDUP_SECONDS", "600", "dedup_seconds", 600),
         ("STATS_WEB_WORKERS", "1024", "web_workers", 1024),
+        ("STATS_WEB_THREADS", "1", "web_threads", 1),
+        ("STATS_WEB_THREADS", "256", "web_threads", 256),
         ("REDIS_URL", "rediss://cache:6380/0", "redis_url", "rediss://cache:6380/0"),
         ("REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
         ("DATABASE_URL", "postgres://u@h/d", "database_url", "postgres://u@h/d"),
@@ -176,6 +180,8 @@ def test_edge_values_are_accepted(name: str, raw: str, attr: str, expected: obje
         ("STATS_FLUSH_BATCH_SIZE", "100001"),
         ("STATS_WEB_WORKERS", "-1"),
         ("STATS_WEB_WORKERS", "1025"),
+        ("STATS_WEB_THREADS", "0"),
+        ("STATS_WEB_THREADS", "257"),
         ("STATS_DEDUP_SECONDS", "-1"),
         ("STATS_DEDUP_SECONDS", "601"),  # more than 2 x the default window
         ("STATS_DEDUP_SECONDS", "1.5"),
@@ -277,3 +283,17 @@ def test_replace_returns_a_changed_copy() -> None:
 
     assert (changed.shards, changed.key_prefix) == (2, "x")
     assert (config.shards, config.key_prefix) == (8, "ps")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://stats:hunter2@db/stats"),
+        ("REDIS_URL", "http://:hunter2@cache:6379/0"),
+    ],
+)
+def test_errors_never_echo_a_url_that_may_hold_a_password(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({name: value})
+    assert str(caught.value).startswith(f"{name}:")
+    assert "hunter2" not in str(caught.value)

@@ -1,0 +1,122 @@
+"""Flush speed: ``app.flush.flush_once`` over one closed window of N keys.
+
+The window is filled with N distinct (customer, content) counter hashes,
+then one ``flush_once`` moves it into PostgreSQL, in a fresh process so its
+peak memory can be read. The peer is ``copy``: the same N rows COPY'd into a
+staging table and upserted into a copy of the ``stats`` table (its indexes
+included), in one transaction, straight from a Python list -- the
+PostgreSQL floor, no Redis.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import resource
+import time
+from typing import Any
+
+import psycopg2
+
+from app import clients, db
+from app.config import Config
+from app.flush import flush_once
+
+from . import fill
+
+# The project's own table, indexes included, so the peer pays the same upkeep.
+COPY_TABLE = "CREATE TABLE IF NOT EXISTS copy_stats (LIKE stats INCLUDING ALL)"
+COPY_STAGING = """
+CREATE TEMPORARY TABLE copy_staging (customer text, content text, cdn bigint,
+    p2p bigint, sessions bigint, payloads bigint) ON COMMIT DROP
+"""
+COPY_UPSERT = """
+INSERT INTO copy_stats AS s (time, customer, content, cdn, p2p, sessions, payloads)
+SELECT to_timestamp(%s), customer, content, sum(cdn), sum(p2p), sum(sessions), sum(payloads)
+FROM copy_staging GROUP BY customer, content
+ON CONFLICT (time, customer, content) DO UPDATE SET cdn = s.cdn + EXCLUDED.cdn,
+    p2p = s.p2p + EXCLUDED.p2p, sessions = s.sessions + EXCLUDED.sessions,
+    payloads = s.payloads + EXCLUDED.payloads
+"""
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _flush_child(config: Config, queue: Any) -> None:
+    redis = clients.redis_client(config.replace(redis_timeout_seconds=60))
+    pool = clients.database_pool(config, 1)
+    rss_before = _rss_mb()
+    started = time.perf_counter()
+    report = flush_once(redis, pool, config)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put({"rows": report.rows, "seconds": seconds,
+               "peak_rss_growth_mb": round(max(0.0, peak - rss_before), 1)})
+    pool.closeall()
+
+
+def time_flush(config: Config) -> dict[str, Any]:
+    """Run ``flush_once`` in a fresh process; rows, seconds, peak RSS growth."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_flush_child, args=(config, queue))
+    child.start()
+    try:
+        result = queue.get(timeout=600)
+    finally:
+        child.join(timeout=60)
+    return result
+
+
+def copy_baseline(database_url: str, n: int, window_end: float) -> dict[str, Any]:
+    """The peer: COPY + upsert of ``n`` rows in one transaction; rows and seconds."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for p in fill.key_payloads(n):
+        writer.writerow((p["customer"], p["content"], p["cdn"], p["p2p"], 0, 1))
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(COPY_TABLE)
+        started = time.perf_counter()
+        with conn, conn.cursor() as cur:
+            cur.execute(COPY_STAGING)
+            buf.seek(0)
+            cur.copy_expert("COPY copy_staging FROM STDIN WITH (FORMAT csv)", buf)
+            cur.execute(COPY_UPSERT, (window_end,))
+            rows = cur.rowcount
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return {"rows": rows, "seconds": seconds}
+
+
+def run(config: Config, n: int) -> dict[str, Any]:
+    """Fill one closed window with ``n`` keys, flush it, and run the peer."""
+    pool = clients.database_pool(config, 1)
+    db.migrate(pool)
+    pool.closeall()
+    redis = clients.redis_client(config.replace(redis_timeout_seconds=60))
+    at = fill.past_instant(time.time(), config.window_seconds)
+    started = time.perf_counter()
+    fill.record_all(redis, config, fill.key_payloads(n), at)
+    fill_seconds = time.perf_counter() - started
+    flushed = time_flush(config)
+    window_end = (at // config.window_seconds + 1) * config.window_seconds
+    peer = copy_baseline(config.database_url, n, window_end)
+    redis.close()
+    return {
+        "keys": n,
+        "fill_seconds": round(fill_seconds, 3),
+        "rows": flushed["rows"],
+        "seconds": round(flushed["seconds"], 3),
+        "rows_per_s": round(flushed["rows"] / flushed["seconds"], 1),
+        "peak_rss_growth_mb": flushed["peak_rss_growth_mb"],
+        "copy_rows": peer["rows"],
+        "copy_seconds": round(peer["seconds"], 3),
+        "copy_rows_per_s": round(peer["rows"] / peer["seconds"], 1),
+    }
