@@ -21,7 +21,7 @@ from .keys import Keys
 from .windows import token_memory_ttl, window_index
 
 # KEYS[1] - the shard's window index (zset of window indexes with live data)
-# KEYS[2] - the window's ident set
+# KEYS[2] - the window's ident list
 # KEYS[3] - token memory of window k
 # KEYS[4] - token memory of window k-1
 # KEYS[5] - token memory of window k-2
@@ -29,7 +29,8 @@ from .windows import token_memory_ttl, window_index
 # ARGV[1] - window index k
 # ARGV[2] - TTL of KEYS[3] in seconds
 # ARGV[3] - de-duplication horizon in windows, 0..2 (0: off)
-# ARGV[4+7(i-1) ..] - payload i: ident, token, cdn, p2p, short, zero, duration
+# ARGV[4+7(i-1) ..] - payload i: ident, token key, cdn, p2p, short, zero, duration
+#   token key - 12-byte digest of the token (keys.token_key)
 #   short    - "1" if sessionDuration < window length, else "0"
 #   zero     - "1" if cdn + p2p == 0, else "0"
 #   duration - sessionDuration, the retry key with the token
@@ -105,14 +106,13 @@ for i = 0, n - 1 do
       end
     end
   end
+  if not here then
+    new_tokens = new_tokens + 1
+  end
   local state = record and string.sub(record, 1, 1)
   local groups = ''
   if horizon > 0 and record then
     groups = recent(string.sub(record, 2))
-  end
-
-  if not here then
-    new_tokens = new_tokens + 1
   end
 
   if horizon > 0 and string.find(groups, ',' .. duration .. ',', 1, true) then
@@ -139,20 +139,22 @@ for i = 0, n - 1 do
     if p2p ~= '0' then
       redis.call('HINCRBY', counters, 'p', p2p)
     end
-    redis.call('HINCRBY', counters, 'n', 1)
     if starts then
       redis.call('HINCRBY', counters, 's', 1)
       started = started + 1
     end
-    -- The window is in the index whenever one of its idents is (FREEZE
-    -- clears both at once): only a new ident can need registering.
-    if redis.call('SADD', KEYS[2], ident) == 1 then
-      redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+    -- A counter hash just created is listed in the window's index, and the
+    -- window's first one registers the window. FREEZE renames the index and
+    -- the hashes together.
+    if redis.call('HINCRBY', counters, 'n', 1) == 1 then
+      if redis.call('RPUSH', KEYS[2], ident) == 1 then
+        redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+      end
     end
     counted = counted + 1
   end
 end
--- The hash exists with its TTL unless a token was added to it just now.
+-- The hash has its TTL unless a token was added to it just now.
 if new_tokens > 0 then
   redis.call('EXPIRE', KEYS[3], ARGV[2])
 end
@@ -160,7 +162,7 @@ return {started, duplicates}
 """
 
 # KEYS[1] - the shard's window index
-# KEYS[2] - the window's live ident set
+# KEYS[2] - the window's live ident list
 # KEYS[3] - the shard's pending-snapshot hash
 # KEYS[4] - the snapshot's ident list
 # ARGV[1] - window index k
@@ -169,45 +171,29 @@ return {started, duplicates}
 # ARGV[4] - key prefix of the snapshot's counter hashes
 # return - the number of counter hashes frozen (0: nothing to freeze)
 #
-# Payloads that arrive after this runs create fresh live keys, which a later
-# flush picks up. The snapshot is recorded before anything moves, and each
-# ident is listed before its hash is renamed, so an error half-way leaves
-# every counter either live or in a recorded snapshot, never in neither.
+# Payloads that arrive after this runs create fresh live keys and a fresh
+# index, which a later flush picks up. Every RENAME acts on a key checked to
+# exist, so the script cannot stop half-way.
 FREEZE = """
-local idents = redis.call('SMEMBERS', KEYS[2])
+local idents = redis.call('LRANGE', KEYS[2], 0, -1)
 if #idents == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
 local frozen = 0
-local chunk = {}
-local function move(batch)
-  redis.call('RPUSH', KEYS[4], unpack(batch))
-  for _, ident in ipairs(batch) do
-    redis.call('RENAME', ARGV[3] .. ident, ARGV[4] .. ident)
-  end
-end
 for _, ident in ipairs(idents) do
   if redis.call('EXISTS', ARGV[3] .. ident) == 1 then
-    chunk[#chunk + 1] = ident
+    redis.call('RENAME', ARGV[3] .. ident, ARGV[4] .. ident)
     frozen = frozen + 1
-    if #chunk == 500 then
-      move(chunk)
-      chunk = {}
-    end
   end
 end
-if #chunk > 0 then
-  move(chunk)
-end
-redis.call('DEL', KEYS[2])
--- Last: INGEST registers the window only with a new ident, so the window
--- must stay registered for as long as any of its idents is live.
 redis.call('ZREM', KEYS[1], ARGV[1])
 if frozen == 0 then
-  redis.call('HDEL', KEYS[3], ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return 0
 end
+redis.call('RENAME', KEYS[2], KEYS[4])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])
 return frozen
 """
 
@@ -319,7 +305,7 @@ def record(
             cdn, p2p, duration = p["cdn"], p["p2p"], p["sessionDuration"]
             args += (
                 ident,
-                p["token"],
+                k_.token_key(p["token"]),
                 cdn,
                 p2p,
                 "1" if duration < short_below else "0",

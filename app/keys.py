@@ -7,9 +7,10 @@ stable hash of its session token, so a token's memory lives beside it.
 Layout, with ``P`` the key prefix, ``s`` the shard, ``k`` the window index::
 
     P:{s}:windows                zset  windows with live data in the shard (score k)
-    P:{s}:w:k:idx                set   idents of the window's live counter hashes
+    P:{s}:w:k:idx                list  idents of the window's live counter hashes
     P:{s}:w:k:c:IDENT            hash  live counters (fields below)
-    P:{s}:t:k                    hash  token memory: token -> "1" seen, "2" session started
+    P:{s}:t:k                    hash  token memory: token key -> "1" seen, "2" session started
+                                       (then the retry record, see app.buffer.INGEST)
     P:{s}:snaps                  hash  pending snapshots: "FLUSHID:k" -> k
     P:{s}:x:FLUSHID:k:list       list  idents of a frozen snapshot
     P:{s}:x:FLUSHID:k:c:IDENT    hash  frozen counters
@@ -23,6 +24,7 @@ every pair apart, whatever characters the names hold.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 # Fields of a counter hash. One byte each: a counter hash exists per window,
@@ -37,6 +39,15 @@ COUNTER_FIELDS = (CDN, P2P, SESSIONS, PAYLOADS)
 def shard_of(token: str, shards: int) -> int:
     """The shard of a session token: stable across processes and hosts."""
     return zlib.crc32(token.encode("utf-8")) % shards
+
+
+def token_key(token: str) -> bytes:
+    """The token as token memory holds it: a 96-bit BLAKE2b digest.
+
+    12 bytes instead of up to 128 characters per remembered session; two of
+    the tokens alive in one shard colliding is a 1-in-10^17 event.
+    """
+    return hashlib.blake2b(token.encode("utf-8"), digest_size=12).digest()
 
 
 def encode_ident(customer: str, content: str) -> bytes:

@@ -57,7 +57,7 @@ def live_rows(
             k = int(raw)
             if only_window is None or k == only_window:
                 sources.append((k, keys.counters_prefix(shard, k).encode()))
-                pipe.smembers(keys.index(shard, k))
+                pipe.lrange(keys.index(shard, k), 0, -1)
         for raw in listing[2 * shard + 1]:
             flush_id, _, k_text = raw.decode().rpartition(":")
             k = int(k_text)

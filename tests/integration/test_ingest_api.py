@@ -138,7 +138,7 @@ def live_rows(redis, config, k: int) -> dict[tuple[str, str], tuple[int, int, in
     keys = Keys(config.key_prefix)
     rows: dict[tuple[str, str], tuple[int, int, int, int]] = {}
     for shard in range(config.shards):
-        for ident in redis.smembers(keys.index(shard, k)):
+        for ident in redis.lrange(keys.index(shard, k), 0, -1):
             values = redis.hmget(keys.counters(shard, k, ident), k_.COUNTER_FIELDS)
             counts = tuple(int(v) if v is not None else 0 for v in values)
             pair = k_.decode_ident(ident)

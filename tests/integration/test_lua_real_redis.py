@@ -24,7 +24,7 @@ from redis import Redis
 from app import buffer
 from app.buffer import Recorded, Row, Scripts, Snapshot
 from app.config import Config
-from app.keys import Keys, shard_of
+from app.keys import Keys, shard_of, token_key
 from app.windows import window_index
 from tests.conftest import START, FakeClock, payload
 
@@ -100,7 +100,8 @@ def zero(token: str, duration: int, **fields) -> dict:
 
 def memory(redis, config, token: str, k: int) -> bytes | None:
     """The token's memory value in window ``k``'s token hash."""
-    return redis.hget(Keys(config.key_prefix).tokens(shard_of(token, config.shards), k), token)
+    return redis.hget(Keys(config.key_prefix).tokens(shard_of(token, config.shards), k),
+                      token_key(token))
 
 
 def groups(value: bytes) -> dict[int, list[int]]:
@@ -305,7 +306,7 @@ def test_token_memory_lives_until_2L_after_its_window(redis, config, send, clock
     send(zero("t", 1000))
 
     key = Keys(config.key_prefix).tokens(shard_of("t", config.shards), K)
-    assert redis.hget(key, "t")[:1] == b"2"
+    assert redis.hget(key, token_key("t"))[:1] == b"2"
     # (K+3)L + 1 s: the 2L after the latest instant of window K, plus a second.
     assert ttl_ms - 2_000 < redis.pttl(key) <= ttl_ms
 
@@ -436,7 +437,8 @@ def test_the_duration_record_holds_only_the_last_three_windows(redis, config, se
             )
             assert value == expected.encode()
         # the token is held in one window's hash only
-        holders = [j for j in range(K - 3, k + 1) if redis.hexists(keys.tokens(0, j), "t")]
+        holders = [j for j in range(K - 3, k + 1)
+                   if redis.hexists(keys.tokens(0, j), token_key("t"))]
         assert holders == [k]
 
     assert len(memory(redis, config, "t", K + 7)) < 400

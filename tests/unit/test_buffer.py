@@ -21,7 +21,7 @@ import pytest
 from app import buffer
 from app.buffer import Recorded, Row, Scripts, Snapshot
 from app.config import Config
-from app.keys import Keys, shard_of
+from app.keys import Keys, shard_of, token_key
 from tests.conftest import START, FakeClock
 from tests.conftest import payload as base_payload
 
@@ -322,7 +322,7 @@ def test_token_memory_lives_until_2L_after_its_window(
     send(zero("t"))
 
     key = Keys(PREFIX).tokens(shard_of("t", config.shards), K)
-    assert redis.hget(key, "t")[:1] == b"2"  # started
+    assert redis.hget(key, token_key("t"))[:1] == b"2"  # started
     # (K+3)L + 1 s: the 2L after the latest instant of window K, plus a second.
     assert ttl_ms - 2_000 < redis.pttl(key) <= ttl_ms
 
@@ -468,7 +468,7 @@ def test_release_deletes_the_snapshot_and_its_record(redis, scripts, config, sen
     assert not redis.hexists(Keys(PREFIX).snapshots(shard), snapshot.field)
     assert buffer.pending_snapshots(redis, config) == []
     assert list(buffer.read_snapshot(redis, config, snapshot)) == []
-    assert redis.hget(memory, "t")[:1] == b"2"  # token memory is not the snapshot's
+    assert redis.hget(memory, token_key("t"))[:1] == b"2"  # token memory is not the snapshot's
     buffer.release(redis, config, snapshot)  # idempotent
     assert sorted(redis.keys(f"{PREFIX}:*")) == [memory.encode()]
 
