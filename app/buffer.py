@@ -221,6 +221,19 @@ return out
 """
 
 
+# KEYS[1] - a snapshot's ident list
+# ARGV[1], ARGV[2] - the first and last list index of this batch (LRANGE)
+# ARGV[3] - key prefix of the snapshot's counter hashes
+# return - the number of idents in the batch (0 past the end of the list)
+DROP = """
+local idents = redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])
+for _, ident in ipairs(idents) do
+  redis.call('UNLINK', ARGV[3] .. ident)
+end
+return #idents
+"""
+
+
 @dataclass(frozen=True, order=True)
 class Snapshot:
     """One frozen window of one shard, named by the flush that froze it."""
@@ -256,6 +269,7 @@ class Scripts:
         self.ingest = redis.register_script(INGEST)
         self.freeze = redis.register_script(FREEZE)
         self.read = redis.register_script(READ)
+        self.drop = redis.register_script(DROP)
 
 
 @dataclass(frozen=True)
@@ -381,18 +395,6 @@ def pending_snapshots(redis: Redis, config: Config) -> list[Snapshot]:
     return sorted(found)
 
 
-def _idents(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[bytes]]:
-    name = Keys(config.key_prefix).snapshot_list(snapshot.shard, snapshot.flush_id, snapshot.k)
-    size = config.flush_batch_size
-    start = 0
-    while True:
-        batch = redis.lrange(name, start, start + size - 1)
-        if not batch:
-            return
-        yield batch
-        start += size
-
-
 def read_snapshot(
     redis: Redis, config: Config, snapshot: Snapshot, scripts: Scripts | None = None
 ) -> Iterator[list[Row]]:
@@ -420,14 +422,21 @@ def read_snapshot(
         start += size
 
 
-def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
+def release(
+    redis: Redis, config: Config, snapshot: Snapshot, scripts: Scripts | None = None
+) -> None:
     """Delete a snapshot. Only ever called once PostgreSQL holds it; idempotent."""
+    scripts = scripts or Scripts(redis)
     keys = Keys(config.key_prefix)
     s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
-    for idents in _idents(redis, config, snapshot):
-        redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
+    name = keys.snapshot_list(s, f, k)
+    prefix = keys.snapshot_counters_prefix(s, f, k)
+    size = config.flush_batch_size
+    start = 0
+    while scripts.drop(keys=[name], args=[start, start + size - 1, prefix]):
+        start += size
     # The record goes last: while it exists, a crash here is re-driven.
     pipe = redis.pipeline(transaction=True)
-    pipe.delete(keys.snapshot_list(s, f, k))
+    pipe.delete(name)
     pipe.hdel(keys.snapshots(s), snapshot.field)
     pipe.execute()

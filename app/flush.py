@@ -128,7 +128,7 @@ def flush_once(
             )
             failpoint("after_commit")
             for snap in snapshots:
-                buffer.release(redis, config, snap)
+                buffer.release(redis, config, snap, scripts)
             on_progress()
             report.windows.append(
                 WindowReport(

@@ -57,6 +57,16 @@ class Metrics:
             ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency_children: dict[tuple[str, str, str], Histogram] = {}
+
+    def observe_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
+        # labels() validates and locks on every call; the few label sets
+        # there are (route patterns x methods x statuses) are kept here.
+        key = (endpoint, method, status)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._latency_children[key] = self.latency.labels(*key)
+        child.observe(seconds)
 
 
 def exposition(metrics: Metrics, redis: Redis, config: Config, clock: Callable[[], float]) -> bytes:

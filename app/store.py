@@ -44,6 +44,8 @@ def claim(conn: Connection, window_end: datetime, snapshots: Iterable[Snapshot])
 
 def start_staging(conn: Connection) -> None:
     with conn.cursor() as cur:
+        # Enough memory to sum a 100k-row window in a hash, not on disk.
+        cur.execute("SET LOCAL work_mem = '64MB'")
         cur.execute(sql("create_staging"))
 
 
@@ -62,5 +64,6 @@ def upsert(conn: Connection, window_end: datetime) -> Written:
     """Add the staged sums into ``stats`` rows of ``window_end``."""
     with conn.cursor() as cur:
         cur.execute(sql("upsert_stats"), {"time": window_end})
+        cur.execute(sql("staged_totals"))
         rows, cdn, p2p, sessions, payloads = cur.fetchone()
     return Written(rows, cdn, p2p, sessions, payloads)

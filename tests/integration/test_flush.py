@@ -403,7 +403,8 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
     real_release = buffer.release
     released = []
 
-    def release_then_crash(redis_: Redis, config_: Config, snapshot: Snapshot) -> None:
+    def release_then_crash(redis_: Redis, config_: Config, snapshot: Snapshot,
+                           scripts: buffer.Scripts | None = None) -> None:
         if released:  # the second release dies half-way: some counters already gone
             keys = Keys(config_.key_prefix)
             first_batch = next(buffer.read_snapshot(redis_, config_, snapshot))
@@ -414,7 +415,7 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
             ))
             raise Crash("release")
         released.append(snapshot)
-        real_release(redis_, config_, snapshot)
+        real_release(redis_, config_, snapshot, scripts)
 
     monkeypatch.setattr(buffer, "release", release_then_crash)
     with pytest.raises(Crash):
