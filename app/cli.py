@@ -13,15 +13,12 @@ from redis.exceptions import RedisError
 from . import clients, db, embedded, logs, scheduler, supervisor
 from .config import Config, ConfigError
 from .flush import FlushReport, exit_at, flush_once, flush_with_lock, no_failpoint
+from .logs import one_line
 
 
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"payload-stats: error: {message}", err=True)
     sys.exit(code)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _config(*, attach: bool = True) -> Config:
@@ -55,7 +52,7 @@ def init_db() -> None:
     try:
         applied = db.migrate(clients.database_pool(config, 1))
     except psycopg2.Error as exc:
-        _fail(f"PostgreSQL: {_one_line(exc)}")
+        _fail(f"PostgreSQL: {one_line(exc)}")
     click.echo(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -79,9 +76,9 @@ def flush() -> None:
         if report is None:
             report = flush_once(redis, pool, config, failpoint=failpoint)
     except RedisError as exc:
-        _fail(f"Redis: {_one_line(exc)}")
+        _fail(f"Redis: {one_line(exc)}")
     except psycopg2.Error as exc:
-        _fail(f"PostgreSQL: {_one_line(exc)}")
+        _fail(f"PostgreSQL: {one_line(exc)}")
     click.echo(_summary(report))
 
 
@@ -125,7 +122,7 @@ def live(once: bool, limit: int, customer: str | None) -> None:
         live_view.run(clients.redis_client(config), config, once=once, limit=limit,
                       customer=customer)
     except RedisError as exc:
-        _fail(f"Redis: {_one_line(exc)}")
+        _fail(f"Redis: {one_line(exc)}")
 
 
 def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
@@ -177,7 +174,7 @@ def _serve(config: Config, bind: str | None, workers: int | None) -> int:
         db.migrate(clients.database_pool(config, 1))
     except psycopg2.Error as exc:
         # The scheduler keeps retrying; payloads are buffered in Redis meanwhile.
-        click.echo(f"payload-stats: warning: PostgreSQL: {_one_line(exc)}", err=True)
+        click.echo(f"payload-stats: warning: PostgreSQL: {one_line(exc)}", err=True)
     web_argv = [sys.executable, "-m", "app", "web"]
     if bind:
         web_argv += ["--bind", bind]

@@ -17,6 +17,11 @@ from .config import Config
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one log- or terminal-friendly line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD}
 

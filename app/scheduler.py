@@ -23,6 +23,7 @@ from . import db, metrics, retention
 from .buffer import Scripts
 from .config import Config
 from .flush import Clock, Failpoint, flush_with_lock, no_failpoint
+from .logs import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class FlushJob:
                 scripts=self.scripts, failpoint=self.failpoint,
             )
         except (psycopg2.Error, RedisError) as exc:
-            logger.error("flush_failed", extra={"reason": _one_line(exc)})
+            logger.error("flush_failed", extra={"reason": one_line(exc)})
             metrics.record_flush(self.redis, self.config, ok=False)
         except Exception:
             logger.exception("flush_failed")
@@ -83,11 +84,7 @@ class RetentionJob:
         try:
             retention.prune(self.pool, self.config.retention_days, self.clock())
         except psycopg2.Error as exc:
-            logger.error("retention_failed", extra={"reason": _one_line(exc)})
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+            logger.error("retention_failed", extra={"reason": one_line(exc)})
 
 
 def build_scheduler(
