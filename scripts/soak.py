@@ -484,7 +484,7 @@ class Service:
         finally:
             redis.close()
         kept = (":lock:flush", ":flush:stats")
-        return sorted(n for n in names if ":t:" not in n and not n.endswith(kept))
+        return sorted({n for n in names if ":t:" not in n and not n.endswith(kept)})
 
     def clean(self) -> None:
         redis = Redis.from_url(self.args.redis_url)

@@ -87,7 +87,7 @@ def assert_error(resp, status: int, code: str | None = None) -> dict[str, Any]:
 def keyspace(redis, prefix: str) -> dict[bytes, tuple[bytes, Any, int]]:
     """{key: (type, value, PTTL)} of every key under the test's prefix."""
     found = {}
-    for key in sorted(redis.scan_iter(match=f"{prefix}:*", count=1000)):
+    for key in sorted(set(redis.scan_iter(match=f"{prefix}:*", count=1000))):
         kind = redis.type(key)
         if kind == b"hash":
             value: Any = redis.hgetall(key)

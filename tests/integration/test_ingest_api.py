@@ -90,7 +90,7 @@ def post_raw(client, data: bytes, content_type: str = "application/json"):
 
 def keyspace(redis, prefix: str) -> dict[bytes, tuple[bytes | None, int]]:
     """{key: (DUMP, PTTL)} of every key under the test's prefix."""
-    names = sorted(redis.scan_iter(match=f"{prefix}:*", count=1000))
+    names = sorted(set(redis.scan_iter(match=f"{prefix}:*", count=1000)))
     pipe = redis.pipeline(transaction=False)
     for name in names:
         pipe.dump(name)

@@ -559,18 +559,18 @@ def test_release_deletes_the_snapshot_and_keeps_token_memory(redis, scripts, con
     assert list(buffer.read_snapshot(redis, config, snapshot)) == []
     assert memory(redis, config, "t", K)[:1] == b"2"
     buffer.release(redis, config, snapshot)  # idempotent
-    assert sorted(redis.scan_iter(match=f"{config.key_prefix}:*")) == [tokens.encode()]
+    assert sorted(set(redis.scan_iter(match=f"{config.key_prefix}:*"))) == [tokens.encode()]
 
 
 def test_freezing_an_empty_window_makes_no_snapshot(redis, scripts, config, send) -> None:
     send(payload(token="t"))
-    before = sorted(redis.scan_iter(match=f"{config.key_prefix}:*"))
+    before = sorted(set(redis.scan_iter(match=f"{config.key_prefix}:*")))
 
     for shard in range(config.shards):
         assert buffer.freeze(redis, scripts, config, Snapshot(K - 1, shard, "f1")) == 0
 
     assert buffer.pending_snapshots(redis, config) == []
-    assert sorted(redis.scan_iter(match=f"{config.key_prefix}:*")) == before
+    assert sorted(set(redis.scan_iter(match=f"{config.key_prefix}:*"))) == before
 
 
 def test_freezing_a_window_twice_makes_one_snapshot(redis, scripts, config, send) -> None:
