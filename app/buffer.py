@@ -249,7 +249,13 @@ class Snapshot:
 
     @property
     def field(self) -> str:
+        """Its field in the shard's pending-snapshot hash."""
         return f"{self.flush_id}:{self.k}"
+
+    @classmethod
+    def from_field(cls, shard: int, field: bytes) -> Snapshot:
+        flush_id, _, k = field.decode().rpartition(":")
+        return cls(k=int(k), shard=shard, flush_id=flush_id)
 
 
 @dataclass(frozen=True)
@@ -389,9 +395,7 @@ def pending_snapshots(redis: Redis, config: Config) -> list[Snapshot]:
         pipe.hkeys(keys.snapshots(shard))
     found = []
     for shard, fields in enumerate(pipe.execute()):
-        for raw in fields:
-            flush_id, _, k = raw.decode().rpartition(":")
-            found.append(Snapshot(k=int(k), shard=shard, flush_id=flush_id))
+        found += (Snapshot.from_field(shard, raw) for raw in fields)
     return sorted(found)
 
 
@@ -413,7 +417,7 @@ def read_snapshot(
         rows = []
         for i in range(0, len(flat), 5):
             ident, cdn, p2p, sessions, payloads = flat[i : i + 5]
-            if payloads is None:  # listed but never renamed (see FREEZE)
+            if payloads is None:  # listed, but its hash was gone when FREEZE ran
                 continue
             customer, content = k_.decode_ident(ident)
             rows.append(Row(customer, content, int(cdn or 0), int(p2p or 0),

@@ -8,9 +8,16 @@ from dataclasses import dataclass
 from redis import Redis
 
 from . import keys as k_
+from .buffer import Snapshot
 from .config import Config
 from .keys import Keys
 from .windows import window_end
+
+
+def p2p_share(cdn: int, p2p: int) -> float | None:
+    """The share of bytes that came from peers; None when there were none."""
+    total = cdn + p2p
+    return p2p / total if total else None
 
 
 @dataclass(frozen=True)
@@ -25,8 +32,7 @@ class LiveRow:
 
     @property
     def p2p_share(self) -> float | None:
-        total = self.cdn + self.p2p
-        return self.p2p / total if total else None
+        return p2p_share(self.cdn, self.p2p)
 
 
 def live_rows(
@@ -59,12 +65,11 @@ def live_rows(
                 sources.append((k, keys.counters_prefix(shard, k).encode()))
                 pipe.lrange(keys.index(shard, k), 0, -1)
         for raw in listing[2 * shard + 1]:
-            flush_id, _, k_text = raw.decode().rpartition(":")
-            k = int(k_text)
-            if only_window is None or k == only_window:
-                prefix = keys.snapshot_counters_prefix(shard, flush_id, k).encode()
-                sources.append((k, prefix))
-                pipe.lrange(keys.snapshot_list(shard, flush_id, k), 0, -1)
+            snap = Snapshot.from_field(shard, raw)
+            if only_window is None or snap.k == only_window:
+                prefix = keys.snapshot_counters_prefix(shard, snap.flush_id, snap.k).encode()
+                sources.append((snap.k, prefix))
+                pipe.lrange(keys.snapshot_list(shard, snap.flush_id, snap.k), 0, -1)
     members = pipe.execute()
 
     wanted = []  # (k, customer, content)

@@ -24,7 +24,8 @@ def _iso(moment: datetime) -> str:
 
 
 def _share(cdn: int, p2p: int) -> float | None:
-    return round(p2p / (cdn + p2p), 6) if cdn + p2p else None
+    share = live.p2p_share(cdn, p2p)
+    return None if share is None else round(share, 6)
 
 
 @bp.get("/stats")
