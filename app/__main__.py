@@ -1,3 +1,5 @@
-from app.cli import main
+"""``python -m payload_stats``: the ``payload-stats`` command."""
+
+from .ops.cli import main
 
 main()

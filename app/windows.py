@@ -1,4 +1,4 @@
-"""Pure time arithmetic for stats windows (SPEC section 2).
+"""Pure time arithmetic for stats windows (docs/windows.md).
 
 A payload received at unix time ``t`` belongs to window ``k = floor(t / L)``,
 the half-open interval ``[k*L, (k+1)*L)``. A window is named by its index

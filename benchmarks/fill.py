@@ -1,4 +1,4 @@
-"""Filling Redis quickly with the project's own code (``app.buffer.record``).
+"""Filling Redis quickly with the project's own code (``payload_stats.buffer.ingest.record``).
 
 Used by the flush and memory phases: payloads are recorded at an instant in
 a past window, 1000 per call, so the window is closed when the flush runs.
@@ -11,8 +11,9 @@ from typing import Any
 
 from redis import Redis
 
-from app import buffer
-from app.config import Config
+from payload_stats.buffer import ingest
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.config import Config
 
 BATCH = 1000
 
@@ -57,14 +58,14 @@ def token_payloads(n: int) -> Iterator[dict[str, Any]]:
 def record_all(redis: Redis, config: Config, payloads: Iterator[dict[str, Any]],
                now: float) -> int:
     """Record ``payloads`` at ``now`` in calls of 1000; returns how many were counted."""
-    scripts = buffer.Scripts(redis)
+    scripts = Scripts(redis)
     counted = 0
     chunk: list[dict[str, Any]] = []
     for payload in payloads:
         chunk.append(payload)
         if len(chunk) == BATCH:
-            counted += buffer.record(redis, scripts, config, chunk, now).accepted
+            counted += ingest.record(redis, scripts, config, chunk, now).accepted
             chunk = []
     if chunk:
-        counted += buffer.record(redis, scripts, config, chunk, now).accepted
+        counted += ingest.record(redis, scripts, config, chunk, now).accepted
     return counted

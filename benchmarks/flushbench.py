@@ -1,4 +1,4 @@
-"""Flush speed: ``app.flush.flush_once`` over one closed window of N keys.
+"""Flush speed: ``payload_stats.flush.flusher.flush_once`` over one closed window of N keys.
 
 The window is filled with N distinct (customer, content) counter hashes,
 then one ``flush_once`` moves it into PostgreSQL, in a fresh process so its
@@ -19,9 +19,11 @@ from typing import Any
 
 import psycopg2
 
-from app import clients, db
-from app.config import Config
-from app.flush import flush_once
+from payload_stats.buffer.connection import redis_client
+from payload_stats.config import Config
+from payload_stats.flush.flusher import flush_once
+from payload_stats.postgres.migrations import migrate
+from payload_stats.postgres.pool import database_pool
 
 from . import fill
 
@@ -47,8 +49,8 @@ def _rss_mb() -> float:
 
 
 def _flush_child(config: Config, queue: Any) -> None:
-    redis = clients.redis_client(config.replace(redis_timeout_seconds=60))
-    pool = clients.database_pool(config, 1)
+    redis = redis_client(config.replace(redis_timeout_seconds=60))
+    pool = database_pool(config, 1)
     rss_before = _rss_mb()
     started = time.perf_counter()
     report = flush_once(redis, pool, config)
@@ -97,10 +99,10 @@ def copy_baseline(database_url: str, n: int, window_end: float) -> dict[str, Any
 
 def run(config: Config, n: int) -> dict[str, Any]:
     """Fill one closed window with ``n`` keys, flush it, and run the peer."""
-    pool = clients.database_pool(config, 1)
-    db.migrate(pool)
+    pool = database_pool(config, 1)
+    migrate(pool)
     pool.closeall()
-    redis = clients.redis_client(config.replace(redis_timeout_seconds=60))
+    redis = redis_client(config.replace(redis_timeout_seconds=60))
     at = fill.past_instant(time.time(), config.window_seconds)
     started = time.perf_counter()
     fill.record_all(redis, config, fill.key_payloads(n), at)

@@ -19,7 +19,7 @@ from typing import Any
 
 from redis import Redis
 
-from app.config import Config
+from payload_stats.config import Config
 
 from . import fill, sandbox
 from .peers import direct

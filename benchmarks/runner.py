@@ -25,7 +25,7 @@ from typing import Any
 
 from redis import Redis
 
-from app.config import Config
+from payload_stats.config import Config
 
 from . import flushbench, memory, sandbox
 from .load import LoadResult, LoadSpec, combine, run_load

@@ -1,7 +1,7 @@
 """Serving an app factory with the project's gunicorn settings, as a subprocess.
 
 Every server -- the project and each peer -- runs
-``python -m gunicorn -c python:app.gunicorn_conf --bind 127.0.0.1:PORT FACTORY``
+``python -m gunicorn -c python:payload_stats.web.gunicorn_conf --bind 127.0.0.1:PORT FACTORY``
 so workers count, worker class and timeouts are the project's. ``WorkerSetup``
 overrides them for every server alike (to compare worker classes).
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROJECT = "app:create_app()"
-PROJECT_CONFIG = "python:app.gunicorn_conf"
+PROJECT = "payload_stats.web.app:create_app()"
+PROJECT_CONFIG = "python:payload_stats.web.gunicorn_conf"
 PEERS = {
     "bare": "benchmarks.peers.bare:create_app()",
     "direct": "benchmarks.peers.direct:create_app()",
@@ -100,7 +100,7 @@ class Server:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = tempfile.TemporaryFile()
-        # app.gunicorn_conf makes a metrics directory per start and never
+        # payload_stats.web.gunicorn_conf makes a metrics directory per start and never
         # removes it; give each server one that stop() removes.
         self.metrics_dir = tempfile.TemporaryDirectory(prefix="bench-metrics-")
         self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", self.metrics_dir.name)

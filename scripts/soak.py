@@ -56,7 +56,7 @@ import psycopg2
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = [sys.executable, "-m", "app"]  # the `payload-stats` command, from this checkout
+COMMAND = [sys.executable, "-m", "payload_stats"]  # the `payload-stats` command, from this checkout
 
 CUSTOMERS = ["acme-tv", "globo", "cust:3", "ÉCOLE", "x y"]
 CONTENTS = [f"live/channel-{i}" for i in range(12)] + ["vod/a:b", "日本語/ライブ", "c"]

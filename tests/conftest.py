@@ -19,9 +19,12 @@ import psycopg2
 import pytest
 from redis import Redis
 
-from app import clients, create_app, db
-from app.config import Config
-from app.embedded import EmbeddedServers
+from payload_stats.buffer.connection import redis_client
+from payload_stats.config import Config
+from payload_stats.ops.embedded import EmbeddedServers
+from payload_stats.postgres.migrations import migrate
+from payload_stats.postgres.pool import connection, database_pool
+from payload_stats.web.app import create_app
 
 # A fixed, realistic instant: 2026-11-26T10:00:00Z plus 1 s, in window
 # 5_985_624 of 300 s. Tests move it explicitly; nothing depends on real time.
@@ -147,15 +150,15 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def redis(config: Config) -> Iterator[Redis]:
-    client = clients.redis_client(config)
+    client = redis_client(config)
     yield client
     client.close()
 
 
 @pytest.fixture
 def pool(config: Config):
-    p = clients.database_pool(config)
-    db.migrate(p)
+    p = database_pool(config)
+    migrate(p)
     yield p
     p.closeall()
 
@@ -172,7 +175,7 @@ def client(app):
 
 def stats_rows(pool) -> dict[tuple, tuple[int, int, int]]:
     """{(window end as unix seconds, customer, content): (cdn, p2p, sessions)}."""
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT extract(epoch FROM time)::bigint, customer, content, cdn, p2p, sessions "
             "FROM stats"

@@ -1,6 +1,6 @@
 """The peers the project is measured against, each a WSGI app factory.
 
-Served by the same gunicorn settings as the project (``app.gunicorn_conf``):
+Served by the same gunicorn settings as the project (``payload_stats.web.gunicorn_conf``):
 
 - ``bare``: parse the JSON body, answer 204 -- the framework's ceiling;
 - ``direct``: one redis-py pipeline per payload, no validation -- the

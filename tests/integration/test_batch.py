@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from app import create_app
-from app.flush import flush_once
-from app.keys import Keys, shard_of
-from app.windows import window_index
+from payload_stats.buffer.keys import Keys, shard_of
+from payload_stats.flush.flusher import flush_once
+from payload_stats.web.app import create_app
+from payload_stats.windows import window_index
 from tests.conftest import START, payload, stats_rows
 
 L = 300  # the fixtures' window length

@@ -1,6 +1,6 @@
 """The ``payload-stats`` command end to end: subprocesses against real Redis and PostgreSQL.
 
-Payloads are written in process with ``app.buffer.record`` at past instants
+Payloads are written in process with ``payload_stats.buffer.ingest.record`` at past instants
 (windows of 1 s, grace 0: they are closed at once), so the ``flush``
 subprocess, on the real clock, has work without the test sleeping. The
 expected rows come from the same SPEC-based ``Ledger`` as the in-process
@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from app import buffer, db
-from app.config import Config
+from payload_stats.buffer import snapshots
+from payload_stats.config import Config
+from payload_stats.postgres.migrations import migrations
 from tests.conftest import payload, stats_rows
 from tests.integration.test_flush import (
     UNREACHABLE_DATABASE_URL,
@@ -78,7 +79,7 @@ def environment(config: Config, **extra: str) -> dict[str, str]:
 def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """``python -m app ARGS``; killed if it outlives ``timeout``."""
     return subprocess.run(
-        [sys.executable, "-m", "app", *args], env=dict(env), cwd=ROOT,
+        [sys.executable, "-m", "payload_stats", *args], env=dict(env), cwd=ROOT,
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -131,7 +132,7 @@ def test_init_db_twice(cli_config, pg_schema):
     env = environment(cli_config)
     first = run_cli(env, "init-db")
     assert first.returncode == 0, first.stderr
-    shipped = ", ".join(f"{v:04d}_{n}" for v, n, _ in db.migrations())
+    shipped = ", ".join(f"{v:04d}_{n}" for v, n, _ in migrations())
     assert first.stdout == f"applied {shipped}\n"
     second = run_cli(env, "init-db")
     assert (second.returncode, second.stdout) == (0, "schema is up to date\n"), second.stderr
@@ -226,7 +227,7 @@ def test_invalid_configuration_exits_2_naming_the_variable(
     assert failed.returncode == 2, (failed.stdout, failed.stderr)
     assert variable in one_error_line(failed.stderr)
     assert stats_rows(pool) == {}
-    assert buffer.pending_snapshots(redis, cli_config) == []
+    assert snapshots.pending_snapshots(redis, cli_config) == []
 
 
 # --- crashes ------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
         assert committed == feeder.ledger.expected(until_end=ends[0])
     else:
         assert committed == {}
-    assert buffer.pending_snapshots(redis, cli_config)
+    assert snapshots.pending_snapshots(redis, cli_config)
 
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
@@ -275,14 +276,15 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
     codes, interrupted = [], 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        proc = subprocess.Popen([sys.executable, "-m", "app", "flush"], env=env, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "payload_stats", "flush"], env=env,
+                                cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(rng.uniform(0.2, 1.2))
         finally:
             proc.kill()
             codes.append(proc.wait(10))
-        interrupted += bool(buffer.pending_snapshots(redis, cli_config))
+        interrupted += bool(snapshots.pending_snapshots(redis, cli_config))
         # Meanwhile payloads keep arriving, for flushed windows too.
         straggle = base + rng.randrange(10)
         feeder.send([feeder.make("late", f"w{straggle}", cdn=rng.randrange(10**6), p2p=1)
@@ -377,7 +379,8 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
     url = f"http://127.0.0.1:{port}/stats"
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        [sys.executable, "-m", "payload_stats", "serve", "--bind", f"127.0.0.1:{port}",
+         "--workers", "2"],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     children: dict[int, str] = {}

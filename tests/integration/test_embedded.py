@@ -19,9 +19,14 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from app import buffer, clients, db, embedded
-from app.config import Config
-from app.flush import flush_once
+from payload_stats.buffer import ingest
+from payload_stats.buffer.connection import redis_client
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.config import Config
+from payload_stats.flush.flusher import flush_once
+from payload_stats.ops import embedded
+from payload_stats.postgres.migrations import migrate
+from payload_stats.postgres.pool import database_pool
 from tests.conftest import START, payload
 
 
@@ -42,8 +47,8 @@ def test_embedded_servers_buffer_survives_a_restart_and_flush_is_exact(tmp_path:
         assert embedded.running_urls(config) == {
             "redis_url": cfg.redis_url, "database_url": cfg.database_url,
         }
-        redis = clients.redis_client(cfg)
-        buffer.record(redis, buffer.Scripts(redis), cfg,
+        redis = redis_client(cfg)
+        ingest.record(redis, Scripts(redis), cfg,
                       [payload(cdn=7, p2p=3), payload(token="t2", cdn=1, p2p=0)], START)
         redis.close()
     # Stopped: the published URLs are gone, the data is not.
@@ -52,9 +57,9 @@ def test_embedded_servers_buffer_survives_a_restart_and_flush_is_exact(tmp_path:
 
     with embedded.EmbeddedServers(config) as servers:
         cfg = servers.config
-        redis = clients.redis_client(cfg)
-        pool = clients.database_pool(cfg)
-        db.migrate(pool)
+        redis = redis_client(cfg)
+        pool = database_pool(cfg)
+        migrate(pool)
         report = flush_once(redis, pool, cfg, lambda: k_end + 5)
         assert report.rows == 1
         assert _rows(cfg.database_url) == [(k_end, "acme", "movie-1", 8, 3, 2, 2)]
@@ -83,7 +88,7 @@ def _start_serve(workdir: Path, port: int) -> subprocess.Popen:
     env.update(STATS_WINDOW_SECONDS="3", STATS_FLUSH_GRACE_SECONDS="0.5",
                STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_WEB_WORKERS="2")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "payload_stats", "serve", "--bind", f"127.0.0.1:{port}"],
         cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30

@@ -36,10 +36,12 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from app import buffer, create_app, db
-from app.config import Config
-from app.flush import flush_once
-from app.keys import Keys
+from payload_stats.buffer import snapshots
+from payload_stats.buffer.keys import Keys
+from payload_stats.config import Config
+from payload_stats.flush.flusher import flush_once
+from payload_stats.postgres.pool import connection
+from payload_stats.web.app import create_app
 from tests.conftest import START, payload, stats_rows
 from tests.integration.test_cli import ROOT, environment, run_cli
 from tests.integration.test_flush import Crash, Ledger, crash_at, flush_time, leftover_keys
@@ -152,8 +154,8 @@ def assert_nothing_buffered(redis: Redis, config: Config) -> None:
     scheduler's flush metrics may remain.
     """
     keys = Keys(config.key_prefix)
-    assert buffer.pending_snapshots(redis, config) == []
-    assert buffer.buffered_windows(redis, config) == set()
+    assert snapshots.pending_snapshots(redis, config) == []
+    assert snapshots.buffered_windows(redis, config) == set()
     kept = (keys.flush_lock(), keys.flush_stats())
     assert [k for k in leftover_keys(redis, config) if k not in kept] == []
 
@@ -202,7 +204,7 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
         clock.now = flush_time(end0, cfg) + 1
         with pytest.raises(Crash):
             flush_once(redis, pool, cfg, clock, failpoint=crash_at("after_freeze"))
-        assert buffer.pending_snapshots(redis, cfg)
+        assert snapshots.pending_snapshots(redis, cfg)
         redis.close()
 
         own_redis.stop(stop)
@@ -414,8 +416,8 @@ def unexpected_flush_failures(logs) -> list[str]:
 
 def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "app", "scheduler"], env=env, cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "payload_stats", "scheduler"], env=env,
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
 def show_logs(tmp_path: Path) -> None:
@@ -487,12 +489,12 @@ def test_three_schedulers_and_flush_commands_while_payloads_arrive(
 
 
 def pending_ids(redis: Redis, config: Config) -> set[str]:
-    return {s.id for s in buffer.pending_snapshots(redis, config)}
+    return {s.id for s in snapshots.pending_snapshots(redis, config)}
 
 
 def committed(pool, ids: set[str]) -> set[str]:
     """Those of ``ids`` the PostgreSQL ledger holds: written, maybe not yet released."""
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute("SELECT snapshot_id FROM flush_ledger WHERE snapshot_id = ANY(%s)",
                     (list(ids),))
         found = {row[0] for row in cur.fetchall()}

@@ -28,11 +28,16 @@ from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app import buffer, clients, db
-from app.buffer import Scripts, Snapshot
-from app.config import Config
-from app.flush import FlushReport, flush_once, flush_with_lock
-from app.keys import Keys, encode_ident, shard_of
+from payload_stats.buffer import ingest, snapshots
+from payload_stats.buffer.connection import redis_client
+from payload_stats.buffer.keys import Keys, encode_ident, shard_of
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.buffer.snapshots import Snapshot
+from payload_stats.config import Config
+from payload_stats.flush.flusher import FlushReport, flush_once
+from payload_stats.flush.lock import flush_with_lock
+from payload_stats.postgres.migrations import migrate, migrations
+from payload_stats.postgres.pool import connection, create_pool, database_pool
 from tests.conftest import START, FakeClock, payload, stats_rows, with_search_path
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test"
@@ -127,7 +132,7 @@ class Feeder:
     def send(self, payloads: Iterable[Mapping[str, Any]], now: float) -> None:
         payloads = list(payloads)
         predicted = sum(self.ledger.add(p, now) for p in payloads)
-        recorded = buffer.record(self.redis, self.scripts, self.config, payloads, now)
+        recorded = ingest.record(self.redis, self.scripts, self.config, payloads, now)
         assert (recorded.accepted, recorded.duplicates) == (len(payloads), 0)
         assert recorded.sessions == predicted, "ingest counted sessions not as SPEC section 4"
 
@@ -166,12 +171,12 @@ def leftover_keys(redis: Redis, config: Config) -> list[str]:
 
 def assert_drained(redis: Redis, config: Config) -> None:
     """Nothing buffered is left: no snapshot, no live counter, no lock."""
-    assert buffer.pending_snapshots(redis, config) == []
+    assert snapshots.pending_snapshots(redis, config) == []
     assert leftover_keys(redis, config) == []
 
 
 def ledger_ids(pool: ThreadedConnectionPool) -> list[str]:
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute("SELECT snapshot_id FROM flush_ledger ORDER BY snapshot_id")
         ids = [row[0] for row in cur.fetchall()]
         conn.rollback()
@@ -362,7 +367,7 @@ def test_crash_at_a_failpoint_then_flush(redis, pool, config, clock, point, occu
         assert done == [0]
     if point == "after_commit":
         assert done == [ends[occurrence - 1]]
-    assert buffer.pending_snapshots(redis, config), "the crash left no snapshot to re-drive"
+    assert snapshots.pending_snapshots(redis, config), "the crash left no snapshot to re-drive"
 
     report = flush_once(redis, pool, config, clock)
     assert stats_rows(pool) == feeder.ledger.expected()
@@ -400,14 +405,13 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
     feeder = Feeder(redis, config)
     ends = populate(feeder, windows=2)
     clock.now = flush_time(ends[-1], config)
-    real_release = buffer.release
+    real_release = snapshots.release
     released = []
 
-    def release_then_crash(redis_: Redis, config_: Config, snapshot: Snapshot,
-                           scripts: buffer.Scripts | None = None) -> None:
+    def release_then_crash(redis_: Redis, config_: Config, snapshot: Snapshot) -> None:
         if released:  # the second release dies half-way: some counters already gone
             keys = Keys(config_.key_prefix)
-            first_batch = next(buffer.read_snapshot(redis_, config_, snapshot))
+            first_batch = next(snapshots.read_snapshot(redis_, config_, snapshot))
             redis_.unlink(*(
                 keys.snapshot_counters(snapshot.shard, snapshot.flush_id, snapshot.k,
                                        encode_ident(r.customer, r.content))
@@ -415,12 +419,12 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
             ))
             raise Crash("release")
         released.append(snapshot)
-        real_release(redis_, config_, snapshot, scripts)
+        real_release(redis_, config_, snapshot)
 
-    monkeypatch.setattr(buffer, "release", release_then_crash)
+    monkeypatch.setattr(snapshots, "release", release_then_crash)
     with pytest.raises(Crash):
         flush_once(redis, pool, config, clock)
-    monkeypatch.setattr(buffer, "release", real_release)
+    monkeypatch.setattr(snapshots, "release", real_release)
     # One shard: window 2 was committed before its release died; more: window 1 only.
     assert stats_rows(pool) == feeder.ledger.expected(
         until_end=ends[0] if config.shards > 1 else None)
@@ -436,7 +440,7 @@ def test_postgres_unreachable_keeps_everything_in_redis(redis, pool, config, clo
     clock.now = flush_time(ends[-1], config)
     before = sorted({k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*")})
 
-    down = clients.database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL))
+    down = database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL))
     try:
         for _ in range(2):
             with pytest.raises(psycopg2.OperationalError):
@@ -445,7 +449,7 @@ def test_postgres_unreachable_keeps_everything_in_redis(redis, pool, config, clo
         down.closeall()
 
     # Nothing was even frozen: the live keys are exactly as they were.
-    assert buffer.pending_snapshots(redis, config) == []
+    assert snapshots.pending_snapshots(redis, config) == []
     assert sorted({k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*")}) == before
     assert stats_rows(pool) == {}
 
@@ -459,7 +463,7 @@ def test_redis_unreachable_changes_nothing(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     populate(feeder, windows=1)
     clock.now = flush_time(end_of(K0, config), config)
-    down = clients.redis_client(config.replace(redis_url=UNREACHABLE_REDIS_URL))
+    down = redis_client(config.replace(redis_url=UNREACHABLE_REDIS_URL))
     try:
         with pytest.raises(RedisError):
             flush_once(down, pool, config, clock)
@@ -602,7 +606,7 @@ def test_replayed_snapshot_is_not_counted_twice(redis, pool, config, clock):
 
     for name, value in dumped.items():
         redis.restore(name, 0, value, replace=True)
-    assert len(buffer.pending_snapshots(redis, config)) == len(committed)
+    assert len(snapshots.pending_snapshots(redis, config)) == len(committed)
 
     report = flush_once(redis, pool, config, clock)
     assert report_totals(report) == {ends[0]: {
@@ -618,7 +622,7 @@ def test_after_commit_crash_replay_writes_nothing_twice(redis, pool, config, clo
     clock.now = flush_time(ends[0], config)
     with pytest.raises(Crash):
         flush_once(redis, pool, config, clock, failpoint=crash_at("after_commit"))
-    pending = buffer.pending_snapshots(redis, config)
+    pending = snapshots.pending_snapshots(redis, config)
     assert sorted(s.id for s in pending) == ledger_ids(pool)
     assert stats_rows(pool) == feeder.ledger.expected()
 
@@ -643,8 +647,8 @@ def test_racing_flushers_while_payloads_keep_coming(redis, pool, config, clock, 
     recording_done = threading.Event()
 
     def flusher() -> None:
-        r = clients.redis_client(config)
-        p = clients.database_pool(config, 2)
+        r = redis_client(config)
+        p = database_pool(config, 2)
         try:
             while not stop.is_set():
                 reports.append(flush_once(r, p, config, clock))
@@ -741,7 +745,7 @@ def test_concurrent_flushers_claiming_leftover_snapshots_do_not_deadlock(
         clock.now = late
         with pytest.raises(Crash):
             flush_once(redis, pool, config, clock, failpoint=crash_at("after_freeze"))
-    leftovers = buffer.pending_snapshots(redis, config)
+    leftovers = snapshots.pending_snapshots(redis, config)
     assert len(leftovers) == 2
     send("three")  # a straggler, frozen by A
 
@@ -814,8 +818,8 @@ def test_lock_lost_mid_flush_while_another_flusher_runs(redis, pool, config, clo
     outcome: dict[str, Any] = {}
 
     def second_flusher() -> None:
-        r = clients.redis_client(config)
-        p = clients.database_pool(config, 2)
+        r = redis_client(config)
+        p = database_pool(config, 2)
 
         def failpoint(point: str) -> None:
             if point == "after_freeze":
@@ -883,7 +887,7 @@ def test_flush_with_lock_skips_while_another_flusher_holds_it(redis, pool, confi
 
 
 def _migrations_table(pool: ThreadedConnectionPool) -> list[tuple[int, str]]:
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute("SELECT version, name FROM schema_migrations ORDER BY version")
         rows = cur.fetchall()
         conn.rollback()
@@ -891,11 +895,11 @@ def _migrations_table(pool: ThreadedConnectionPool) -> list[tuple[int, str]]:
 
 
 def test_migrate_is_idempotent(pool):
-    shipped = [(version, name) for version, name, _ in db.migrations()]
+    shipped = [(version, name) for version, name, _ in migrations()]
     assert shipped, "no migration shipped"
     assert _migrations_table(pool) == shipped
-    assert db.migrate(pool) == []
-    assert db.migrate(pool) == []
+    assert migrate(pool) == []
+    assert migrate(pool) == []
     assert _migrations_table(pool) == shipped
 
 
@@ -905,18 +909,18 @@ def test_concurrent_migrations_on_a_fresh_schema_apply_once(database_url):
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE SCHEMA "{schema}"')
-    pools = [db.create_pool(with_search_path(database_url, schema), 1) for _ in range(4)]
+    pools = [create_pool(with_search_path(database_url, schema), 1) for _ in range(4)]
     results: list[Any] = []
     try:
-        threads = [threading.Thread(target=lambda p=p: results.append(_try(db.migrate, p)))
+        threads = [threading.Thread(target=lambda p=p: results.append(_try(migrate, p)))
                    for p in pools]
         for t in threads:
             t.start()
         for t in threads:
             t.join(30)
-        shipped = [f"{v:04d}_{n}" for v, n, _ in db.migrations()]
+        shipped = [f"{v:04d}_{n}" for v, n, _ in migrations()]
         assert sorted(results, key=len) == [[], [], [], shipped]
-        assert _migrations_table(pools[0]) == [(v, n) for v, n, _ in db.migrations()]
+        assert _migrations_table(pools[0]) == [(v, n) for v, n, _ in migrations()]
     finally:
         for p in pools:
             p.closeall()

@@ -21,9 +21,10 @@ from typing import Any
 import psycopg2.extras
 import pytest
 
-from app import create_app, db
-from app.config import Config
-from app.flush import flush_once
+from payload_stats.config import Config
+from payload_stats.flush.flusher import flush_once
+from payload_stats.postgres.pool import connection
+from payload_stats.web.app import create_app
 from tests.conftest import START, FakeClock, payload
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
@@ -65,7 +66,7 @@ def as_json(row: Row, columns: Sequence[str] = ("customer", "content")) -> dict[
 
 
 def insert(pool, rows: Iterable[Row]) -> None:
-    with db.connection(pool) as conn, conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(
             cur,
             "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) "
@@ -77,7 +78,7 @@ def insert(pool, rows: Iterable[Row]) -> None:
 def select(pool, where: str = "TRUE", params: dict | None = None,
            order: str = "ASC") -> list[Row]:
     """The rows a plain SELECT returns, in the API's order."""
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT time, customer, content, cdn, p2p, sessions, payloads FROM stats "
             f"WHERE {where} ORDER BY time {order}, customer {order}, content {order}",
@@ -445,7 +446,7 @@ def test_pages_while_rows_arrive(client, pool, many, order):
         if order == "asc":
             added_ahead.add((last["time"], last["customer"] + "\x7f", "tie"))
         # A late flush adds to a row already served: it must not come back.
-        with db.connection(pool) as conn, conn, conn.cursor() as cur:
+        with connection(pool) as conn, conn, conn.cursor() as cur:
             cur.execute("UPDATE stats SET cdn = cdn + 1 WHERE time = %s AND customer = %s "
                         "AND content = %s", (last["time"], last["customer"], last["content"]))
         assert page < 200

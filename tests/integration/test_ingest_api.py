@@ -1,7 +1,7 @@
 """POST /stats through the Flask test client on a real Redis (SPEC sections 1 and 2).
 
 Every accepted payload must show up, exactly, in its window's live counters
-(read back through ``app.keys`` and ``app.buffer``, never through hand-written
+(read back through ``payload_stats.buffer``, never through hand-written
 key names). Every rejected request must answer a 4xx JSON error
 ``{"error": ..., "message": ..., ...}`` naming the field at fault, and must
 leave the test's whole Redis keyspace exactly as it was (DUMP of every key
@@ -24,11 +24,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app import buffer, create_app
-from app import keys as k_
-from app.buffer import Row, Scripts, Snapshot
-from app.keys import Keys
-from app.windows import window_index
+from payload_stats.buffer import keys as k_
+from payload_stats.buffer import snapshots
+from payload_stats.buffer.keys import Keys
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.buffer.snapshots import Row, Snapshot
+from payload_stats.web.app import create_app
+from payload_stats.windows import window_index
 from tests.conftest import payload
 
 STR_LIMITS = {"token": 128, "customer": 256, "content": 256}
@@ -201,8 +203,8 @@ def test_example_payload_is_accepted_and_counted(client, redis, config, clock):
     # What the flusher will read: freeze the example's shard, read the snapshot.
     shard = k_.shard_of(EXAMPLE["token"], config.shards)
     snap = Snapshot(k=k, shard=shard, flush_id="test-flush")
-    assert buffer.freeze(redis, Scripts(redis), config, snap) == 1
-    rows = [row for batch in buffer.read_snapshot(redis, config, snap) for row in batch]
+    assert snapshots.freeze(redis, Scripts(redis), config, snap) == 1
+    rows = [row for batch in snapshots.read_snapshot(redis, config, snap) for row in batch]
     assert rows == [Row("customer1", "content1", cdn=321123, p2p=560065, sessions=1, payloads=1)]
 
 

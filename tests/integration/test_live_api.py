@@ -25,12 +25,14 @@ import redis.client
 from redis import Redis
 from rich.console import Console
 
-from app import buffer, create_app, keys, live_view
-from app.buffer import Scripts
-from app.config import Config
-from app.flush import flush_once
-from app.live import LiveRow
-from app.windows import window_end, window_index
+from payload_stats.buffer import ingest, keys, snapshots
+from payload_stats.buffer.live import LiveRow
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.config import Config
+from payload_stats.flush.flusher import flush_once
+from payload_stats.ops import terminal
+from payload_stats.web.app import create_app
+from payload_stats.windows import window_end, window_index
 from tests.conftest import START, FakeClock, payload, stats_rows
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
@@ -171,7 +173,7 @@ def test_frozen_snapshots_not_committed_are_shown(client, redis, pool, config, c
     before = live(client)
     with pytest.raises(Crash):
         flush_once(redis, pool, config, clock, failpoint=crash_after_freeze)
-    assert {s.k for s in buffer.pending_snapshots(redis, config)} == {K0, K0 + 1}
+    assert {s.k for s in snapshots.pending_snapshots(redis, config)} == {K0, K0 + 1}
     assert stats_rows(pool) == {}
     assert live(client) == before == account.expected()
 
@@ -312,7 +314,7 @@ def test_redis_down_answers_503_json(config, clock):
 
 def _command() -> list[str]:
     script = Path(sys.executable).with_name("payload-stats")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "payload_stats"]
 
 
 def _env(config: Config, tmp_path: Path) -> dict[str, str]:
@@ -335,7 +337,7 @@ def real_time_traffic(redis: Redis, config: Config) -> list[int]:
     k = window_index(now, length)
     ends = []
     for i, at in enumerate((now, (k + 1) * length + 0.5)):
-        buffer.record(redis, scripts, config, [
+        ingest.record(redis, scripts, config, [
             payload(token=f"cli-{i}-{j}", customer=cu, content=co, cdn=cdn, p2p=p2p)
             for j, (cu, co, cdn, p2p) in enumerate([
                 ("acme-live", "channel-1", 9_000_000, 1_000_000),
@@ -345,7 +347,7 @@ def real_time_traffic(redis: Redis, config: Config) -> list[int]:
             ])
         ], at)
         ends.append(window_end(window_index(at, length), length))
-    buffer.record(redis, scripts, config,
+    ingest.record(redis, scripts, config,
                   [payload(token="cli-old", customer="closed-window-only")], now - length)
     return ends
 
@@ -398,12 +400,12 @@ def test_live_once_with_redis_down_exits_1(config, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-# --- app.live_view.render ------------------------------------------------------
+# --- payload_stats.ops.terminal.render ------------------------------------------------------
 
 
 def _render(rows: list[LiveRow], now: float, limit: int, config: Config) -> str:
     console = Console(record=True, width=120)
-    console.print(live_view.render(rows, config, now, limit))
+    console.print(terminal.render(rows, config, now, limit))
     return console.export_text()
 
 

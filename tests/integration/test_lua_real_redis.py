@@ -1,4 +1,4 @@
-"""The INGEST and FREEZE Lua scripts on a REAL Redis, through ``app.buffer``.
+"""The INGEST and FREEZE Lua scripts on a REAL Redis, through ``payload_stats.buffer``.
 
 The same cases as the fakeredis unit tests, run where it matters: the real
 Lua interpreter (doubles, ``string`` functions, ``unpack``) and real
@@ -8,7 +8,7 @@ flusher does. Time is the FakeClock's; Redis expires keys on real time,
 which barely moves here, so token memory is only ever kept (its TTL is
 checked directly).
 
-Token memory values (see ``app.buffer.INGEST``): a state character ("1"
+Token memory values (see ``app/buffer/lua/ingest.lua``): a state character ("1"
 seen, "2" session started), then the sessionDurations accepted per window,
 ``|k:,d1,d2,``, pruned to the de-duplication horizon.
 """
@@ -21,11 +21,13 @@ from collections import Counter
 import pytest
 from redis import Redis
 
-from app import buffer
-from app.buffer import Recorded, Row, Scripts, Snapshot
-from app.config import Config
-from app.keys import Keys, shard_of, token_key
-from app.windows import window_index
+from payload_stats.buffer import ingest, snapshots
+from payload_stats.buffer.ingest import Recorded
+from payload_stats.buffer.keys import Keys, shard_of, token_key
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.buffer.snapshots import Row, Snapshot
+from payload_stats.config import Config
+from payload_stats.windows import window_index
 from tests.conftest import START, FakeClock, payload
 
 L = 300
@@ -56,7 +58,7 @@ def send(redis, scripts, config, clock: FakeClock):
     """send(*payloads): record them at the clock's time."""
 
     def send(*payloads: dict) -> Recorded:
-        return buffer.record(redis, scripts, config, payloads, clock.now)
+        return ingest.record(redis, scripts, config, payloads, clock.now)
 
     return send
 
@@ -75,14 +77,14 @@ def flush(redis, scripts, config):
         totals: dict[tuple[str, str], Counter] = {}
         for shard in range(config.shards):
             snapshot = Snapshot(k=k, shard=shard, flush_id=flush_id)
-            if not buffer.freeze(redis, scripts, config, snapshot):
+            if not snapshots.freeze(redis, scripts, config, snapshot):
                 continue
-            for batch in buffer.read_snapshot(redis, config, snapshot):
+            for batch in snapshots.read_snapshot(redis, config, snapshot):
                 assert len(batch) <= config.flush_batch_size
                 for row in batch:
                     total = totals.setdefault((row.customer, row.content), Counter())
                     total.update(cdn=row.cdn, p2p=row.p2p, s=row.sessions, n=row.payloads)
-            buffer.release(redis, config, snapshot)
+            snapshots.release(redis, config, snapshot)
         return {pair: (t["cdn"], t["p2p"], t["s"], t["n"]) for pair, t in sorted(totals.items())}
 
     return flush
@@ -399,8 +401,8 @@ def test_retries_are_counted_when_de_duplication_is_off(redis, scripts, config, 
     p = payload(token="t", cdn=7, p2p=3)
 
     for i in range(3):
-        assert buffer.record(redis, scripts, off, [p], clock.now) == Recorded(1, 0, int(i == 0))
-    assert buffer.record(redis, scripts, off, [p, p], clock.now) == Recorded(2, 0, 0)
+        assert ingest.record(redis, scripts, off, [p], clock.now) == Recorded(1, 0, int(i == 0))
+    assert ingest.record(redis, scripts, off, [p, p], clock.now) == Recorded(2, 0, 0)
 
     assert flush(K) == {("acme", "movie-1"): (35, 15, 1, 5)}
     assert memory(redis, config, "t", K) == b"2"  # no durations kept
@@ -467,14 +469,14 @@ def test_freeze_moves_the_window_into_a_snapshot(redis, scripts, config, send) -
     snapshot = Snapshot(k=K, shard=shard, flush_id="f1")
     expected = 2 if shard_of("b", config.shards) == shard else 1
 
-    assert buffer.freeze(redis, scripts, config, snapshot) == expected
+    assert snapshots.freeze(redis, scripts, config, snapshot) == expected
 
     keys = Keys(config.key_prefix)
     assert not redis.exists(keys.index(shard, K))
     assert redis.zscore(keys.windows(shard), K) is None
-    assert buffer.closed_windows(redis, config, shard, K) == []
-    assert buffer.pending_snapshots(redis, config) == [snapshot]
-    rows = [row for batch in buffer.read_snapshot(redis, config, snapshot) for row in batch]
+    assert snapshots.closed_windows(redis, config, shard, K) == []
+    assert snapshots.pending_snapshots(redis, config) == [snapshot]
+    rows = [row for batch in snapshots.read_snapshot(redis, config, snapshot) for row in batch]
     assert Row("acme", "movie-1", 250, 100, 1, 1) in rows
     assert len(rows) == expected
 
@@ -492,34 +494,39 @@ def test_freeze_moves_more_idents_than_one_chunk(redis, scripts, config, send, f
         )
     snapshot = Snapshot(k=K, shard=0, flush_id="big")
 
-    assert buffer.freeze(redis, scripts, config, snapshot) == n
+    assert snapshots.freeze(redis, scripts, config, snapshot) == n
     assert redis.llen(Keys(config.key_prefix).snapshot_list(0, "big", K)) == n
-    rows = [row for batch in buffer.read_snapshot(redis, config, snapshot) for row in batch]
+    rows = [row for batch in snapshots.read_snapshot(redis, config, snapshot) for row in batch]
     assert sorted((r.content, r.cdn, r.p2p, r.sessions, r.payloads) for r in rows) == sorted(
         (f"m{i}", i, 1, 1, 1) for i in range(n)
     )
-    buffer.release(redis, config, snapshot)
+    snapshots.release(redis, config, snapshot)
     assert list(redis.scan_iter(match=f"{config.key_prefix}:*:x:*")) == []
 
 
-def test_stragglers_go_to_fresh_live_keys(redis, scripts, config, send, clock, flush) -> None:
+def test_stragglers_join_the_snapshot_until_collected_then_go_to_fresh_keys(
+    redis, scripts, config, send, clock, flush
+) -> None:
     send(payload(token="t", cdn=1, p2p=2, sessionDuration=1000))
     shard = shard_of("t", config.shards)
     first = Snapshot(k=K, shard=shard, flush_id="first")
-    assert buffer.freeze(redis, scripts, config, first) == 1
+    assert snapshots.freeze(redis, scripts, config, first) == 1
 
     clock.now = K_END - 0.001  # still window K
-    send(
-        payload(token="t", cdn=10, p2p=20, sessionDuration=2000),
-        payload(token="t", cdn=100, p2p=200, sessionDuration=3000),
-    )
-
-    assert buffer.closed_windows(redis, config, shard, K) == [K]
-    assert [list(b) for b in buffer.read_snapshot(redis, config, first)] == [
-        [Row("acme", "movie-1", 1, 2, 1, 1)]
+    # Its counter hash is still live: it moves into the snapshot with it.
+    send(payload(token="t", cdn=10, p2p=20, sessionDuration=2000))
+    assert snapshots.closed_windows(redis, config, shard, K) == []
+    assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
+        [Row("acme", "movie-1", 11, 22, 1, 2)]
     ]
-    assert flush(K) == {("acme", "movie-1"): (110, 220, 0, 2)}
-    assert buffer.pending_snapshots(redis, config) == [first]  # untouched until released
+    # Once collected, a later straggler starts a fresh live hash and index.
+    send(payload(token="t", cdn=100, p2p=200, sessionDuration=3000))
+    assert snapshots.closed_windows(redis, config, shard, K) == [K]
+    assert flush(K) == {("acme", "movie-1"): (100, 200, 0, 1)}
+    assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
+        [Row("acme", "movie-1", 11, 22, 1, 2)]
+    ]
+    assert snapshots.pending_snapshots(redis, config) == [first]  # untouched until released
 
 
 @pytest.mark.parametrize(("contents", "sizes"), [(15, [7, 7, 1]), (14, [7, 7]), (1, [1])])
@@ -533,9 +540,9 @@ def test_read_snapshot_yields_batches_of_flush_batch_size(
         )
     )
     snapshot = Snapshot(k=K, shard=shard_of("t", config.shards), flush_id="f1")
-    buffer.freeze(redis, scripts, config, snapshot)
+    snapshots.freeze(redis, scripts, config, snapshot)
 
-    batches = list(buffer.read_snapshot(redis, config, snapshot))
+    batches = list(snapshots.read_snapshot(redis, config, snapshot))
 
     assert [len(b) for b in batches] == sizes
     rows = sorted((r for b in batches for r in b), key=lambda r: r.cdn)
@@ -549,16 +556,17 @@ def test_release_deletes_the_snapshot_and_keeps_token_memory(redis, scripts, con
     send(*(payload(token="t", content=f"m{i}", sessionDuration=1000 + i) for i in range(5)))
     shard = shard_of("t", config.shards)
     snapshot = Snapshot(k=K, shard=shard, flush_id="f1")
-    buffer.freeze(redis, scripts, config, snapshot)
+    snapshots.freeze(redis, scripts, config, snapshot)
     keys = Keys(config.key_prefix)
     tokens = keys.tokens(shard, K)
+    list(snapshots.read_snapshot(redis, config, snapshot))  # as the flusher does, first
 
-    buffer.release(redis, config, snapshot)
+    snapshots.release(redis, config, snapshot)
 
-    assert buffer.pending_snapshots(redis, config) == []
-    assert list(buffer.read_snapshot(redis, config, snapshot)) == []
+    assert snapshots.pending_snapshots(redis, config) == []
+    assert list(snapshots.read_snapshot(redis, config, snapshot)) == []
     assert memory(redis, config, "t", K)[:1] == b"2"
-    buffer.release(redis, config, snapshot)  # idempotent
+    snapshots.release(redis, config, snapshot)  # idempotent
     assert sorted(set(redis.scan_iter(match=f"{config.key_prefix}:*"))) == [tokens.encode()]
 
 
@@ -567,9 +575,9 @@ def test_freezing_an_empty_window_makes_no_snapshot(redis, scripts, config, send
     before = sorted(set(redis.scan_iter(match=f"{config.key_prefix}:*")))
 
     for shard in range(config.shards):
-        assert buffer.freeze(redis, scripts, config, Snapshot(K - 1, shard, "f1")) == 0
+        assert snapshots.freeze(redis, scripts, config, Snapshot(K - 1, shard, "f1")) == 0
 
-    assert buffer.pending_snapshots(redis, config) == []
+    assert snapshots.pending_snapshots(redis, config) == []
     assert sorted(set(redis.scan_iter(match=f"{config.key_prefix}:*"))) == before
 
 
@@ -578,9 +586,9 @@ def test_freezing_a_window_twice_makes_one_snapshot(redis, scripts, config, send
     shard = shard_of("t", config.shards)
     first = Snapshot(k=K, shard=shard, flush_id="f1")
 
-    assert buffer.freeze(redis, scripts, config, first) == 1
-    assert buffer.freeze(redis, scripts, config, Snapshot(k=K, shard=shard, flush_id="f2")) == 0
-    assert buffer.pending_snapshots(redis, config) == [first]
+    assert snapshots.freeze(redis, scripts, config, first) == 1
+    assert snapshots.freeze(redis, scripts, config, Snapshot(k=K, shard=shard, flush_id="f2")) == 0
+    assert snapshots.pending_snapshots(redis, config) == [first]
 
 
 def test_a_window_with_only_duplicates_has_nothing_to_flush(redis, config, send, clock, flush):
@@ -592,5 +600,5 @@ def test_a_window_with_only_duplicates_has_nothing_to_flush(redis, config, send,
     assert send(p, p) == Recorded(0, 2, 0)
     keys = Keys(config.key_prefix)
     for shard in range(config.shards):
-        assert buffer.closed_windows(redis, config, shard, K + 1) == []
+        assert snapshots.closed_windows(redis, config, shard, K + 1) == []
         assert not redis.exists(keys.index(shard, K + 1))

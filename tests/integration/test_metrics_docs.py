@@ -34,11 +34,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import buffer, clients, create_app
-from app.config import Config
-from app.flush import flush_once
-from app.logs import JSONFormatter
-from app.scheduler import FlushJob
+from payload_stats.buffer import snapshots
+from payload_stats.buffer.connection import redis_client
+from payload_stats.config import Config
+from payload_stats.flush.flusher import flush_once
+from payload_stats.flush.scheduler import FlushJob
+from payload_stats.logs import JSONFormatter
+from payload_stats.postgres.pool import database_pool
+from payload_stats.web.app import create_app
 from tests.conftest import payload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,7 +242,7 @@ def test_flush_metrics_windows_pending_and_oldest_age(config, clock, redis, pool
     assert value(samples, "payload_stats_oldest_unflushed_window_age_seconds") == 0
 
     # A failed run (PostgreSQL down) is a failure, not a run.
-    broken = clients.database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
+    broken = database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
     assert post(client, payload(token="w2", customer="e")).status_code == 200
     clock.advance(300)
     FlushJob(redis, broken, config, clock)()
@@ -260,7 +263,7 @@ def test_frozen_snapshots_are_pending(config, clock, redis, pool):
     clock.now = FIRST_END + 45
     with pytest.raises(RuntimeError):
         flush_once(redis, pool, config, clock, failpoint=crash_after_freeze)
-    assert buffer.pending_snapshots(redis, config)
+    assert snapshots.pending_snapshots(redis, config)
     samples = scrape(client)
     assert value(samples, "payload_stats_windows_pending") == 1
     assert value(samples, "payload_stats_oldest_unflushed_window_age_seconds") == 45
@@ -315,7 +318,7 @@ def _per_worker(metrics_dir: Path, scratch: Path, kind: str, sample: str,
 
 @pytest.fixture
 def gunicorn(config: Config, pool, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """``gunicorn -c python:app.gunicorn_conf --workers 2 app:create_app()``; yields
+    """``gunicorn -c python:payload_stats.web.gunicorn_conf --workers 2 app:create_app()``; yields
     its base URL and its PROMETHEUS_MULTIPROC_DIR."""
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
@@ -328,8 +331,8 @@ def gunicorn(config: Config, pool, tmp_path: Path) -> Iterator[tuple[str, Path]]
                PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), STATS_LOG_FORMAT="json")
     log = (tmp_path / "gunicorn.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2", "app:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "python:payload_stats.web.gunicorn_conf",
+         "--bind", f"127.0.0.1:{port}", "--workers", "2", "payload_stats.web.app:create_app()"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -508,7 +511,7 @@ def json_log() -> Iterator[io.StringIO]:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JSONFormatter())
     handler.setLevel(logging.INFO)
-    logger = logging.getLogger("app")
+    logger = logging.getLogger("payload_stats")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -584,7 +587,7 @@ def test_flush_logs_event_flush_with_its_figures(config, clock, redis, pool, jso
     assert len(flushes) == 1
     entry = flushes[0]
     assert entry["level"] == "info"
-    assert entry["logger"] == "app.flush"
+    assert entry["logger"] == "payload_stats.flush.flusher"
     assert TIMESTAMP.fullmatch(entry["timestamp"])
     assert {k: entry[k] for k in ("windows", "rows", "cdn", "p2p", "sessions", "lag_s")} == {
         "windows": 2, "rows": 3, "cdn": 111, "p2p": 302, "sessions": 2, "lag_s": 307.0}
@@ -594,18 +597,18 @@ def test_flush_logs_event_flush_with_its_figures(config, clock, redis, pool, jso
 
 
 def test_failed_flush_logs_flush_failed_with_the_reason(config, clock, redis, pool, json_log):
-    broken = clients.database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
+    broken = database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
     FlushJob(redis, broken, config, clock)()
     failures = [e for e in lines(json_log) if e["event"] == "flush_failed"]
     assert len(failures) == 1
     entry = failures[0]
     assert entry["level"] == "error"
-    assert entry["logger"] == "app.scheduler"
+    assert entry["logger"] == "payload_stats.flush.scheduler"
     assert "refused" in entry["reason"].lower() or "port 1" in entry["reason"]
     assert "\n" not in entry["reason"]
 
     # Redis down: the reason says so.
-    down = clients.redis_client(config.replace(redis_url=UNREACHABLE_REDIS_URL))
+    down = redis_client(config.replace(redis_url=UNREACHABLE_REDIS_URL))
     FlushJob(down, pool, config, clock)()
     failures = [e for e in lines(json_log) if e["event"] == "flush_failed"]
     assert len(failures) == 2

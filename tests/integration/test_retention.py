@@ -18,10 +18,10 @@ import psycopg2.extras
 import pytest
 from psycopg2.pool import ThreadedConnectionPool
 
-from app import clients, db
-from app.config import Config
-from app.retention import prune
-from app.scheduler import FlushJob, RetentionJob, build_scheduler
+from payload_stats.config import Config
+from payload_stats.flush.retention import prune
+from payload_stats.flush.scheduler import FlushJob, RetentionJob, build_scheduler
+from payload_stats.postgres.pool import connection, database_pool
 from tests.conftest import START, FakeClock
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
@@ -34,7 +34,7 @@ US = timedelta(microseconds=1)
 
 
 def insert(pool, times: Iterable[datetime], customer: str = "acme") -> None:
-    with db.connection(pool) as conn, conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(
             cur,
             "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) "
@@ -44,7 +44,7 @@ def insert(pool, times: Iterable[datetime], customer: str = "acme") -> None:
 
 
 def remaining(pool) -> set[tuple[datetime, str]]:
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute("SELECT time, customer FROM stats")
         rows = {(t.astimezone(timezone.utc), cu) for t, cu in cur.fetchall()}
         conn.rollback()
@@ -52,7 +52,7 @@ def remaining(pool) -> set[tuple[datetime, str]]:
 
 
 def ledger(pool) -> set[str]:
-    with db.connection(pool) as conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn.cursor() as cur:
         cur.execute("SELECT snapshot_id FROM flush_ledger")
         ids = {row[0] for row in cur.fetchall()}
         conn.rollback()
@@ -130,7 +130,7 @@ def test_prune_with_nothing_old(pool, spy_pool):
 @one_shard
 def test_prune_a_large_backlog_with_the_default_batch(pool):
     """More rows than one default batch (10,000): all of the old ones go."""
-    with db.connection(pool) as conn, conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) "
             "SELECT %s - n * interval '5 minutes', 'c' || (n %% 7), 'x', n, 0, 0, 1 "
@@ -145,7 +145,7 @@ def test_prune_a_large_backlog_with_the_default_batch(pool):
 @one_shard
 def test_prune_also_drops_old_ledger_entries(pool, spy_pool):
     cutoff = NOW - timedelta(days=365)
-    with db.connection(pool) as conn, conn, conn.cursor() as cur:
+    with connection(pool) as conn, conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(
             cur, "INSERT INTO flush_ledger (snapshot_id, window_end, flushed_at) VALUES %s",
             [(f"old-{i}", cutoff - timedelta(days=i + 1), cutoff - timedelta(days=i, seconds=1))
@@ -164,7 +164,7 @@ def test_prune_also_drops_old_ledger_entries(pool, spy_pool):
 @one_shard
 def test_prune_logs_what_it_deleted(pool, caplog):
     insert(pool, [NOW - timedelta(days=400), NOW - timedelta(days=366), NOW])
-    with caplog.at_level(logging.INFO, logger="app.retention"):
+    with caplog.at_level(logging.INFO, logger="payload_stats.flush.retention"):
         assert prune(pool, 365, START) == 2
     [record] = [r for r in caplog.records if r.getMessage() == "retention"]
     assert record.levelno == logging.INFO
@@ -181,7 +181,7 @@ def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
     insert(pool, [NOW - timedelta(days=31), NOW - timedelta(days=30, seconds=1),
                   NOW - timedelta(days=30), NOW - timedelta(days=29)])
     job = RetentionJob(pool, config.replace(retention_days=30), clock)
-    with caplog.at_level(logging.INFO, logger="app.retention"):
+    with caplog.at_level(logging.INFO, logger="payload_stats.flush.retention"):
         job()
     assert {cu for _, cu in remaining(pool)} == {"acme-2", "acme-3"}
     assert [r.deleted for r in caplog.records if r.getMessage() == "retention"] == [2]
@@ -193,8 +193,8 @@ def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
 
 @one_shard
 def test_retention_job_with_postgres_down_logs_and_does_not_raise(config, caplog):
-    broken = clients.database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
-    with caplog.at_level(logging.INFO, logger="app.scheduler"):
+    broken = database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
+    with caplog.at_level(logging.INFO, logger="payload_stats.flush.scheduler"):
         RetentionJob(broken, config, FakeClock(START))()
     [record] = [r for r in caplog.records if r.getMessage() == "retention_failed"]
     assert record.levelno == logging.ERROR

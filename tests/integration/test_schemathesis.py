@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import create_app
+from payload_stats.web.app import create_app
 
 CHECKS = [
     not_a_server_error,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from app import keys as k_
-from app.flush import flush_once
-from app.windows import window_index
+from payload_stats.buffer import keys as k_
+from payload_stats.flush.flusher import flush_once
+from payload_stats.windows import window_index
 from tests.conftest import payload, stats_rows
 
 # --- helpers -----------------------------------------------------------------------

@@ -18,10 +18,12 @@ from collections.abc import Iterator
 import fakeredis
 import pytest
 
-from app import buffer
-from app.buffer import Recorded, Row, Scripts, Snapshot
-from app.config import Config
-from app.keys import Keys, shard_of, token_key
+from payload_stats.buffer import ingest, snapshots
+from payload_stats.buffer.ingest import Recorded
+from payload_stats.buffer.keys import Keys, shard_of, token_key
+from payload_stats.buffer.scripts import Scripts
+from payload_stats.buffer.snapshots import Row, Snapshot
+from payload_stats.config import Config
 from tests.conftest import START, FakeClock
 from tests.conftest import payload as base_payload
 
@@ -66,7 +68,7 @@ def send(redis, scripts, config, clock: FakeClock):
     """send(*payloads): record them at the clock's time."""
 
     def send(*payloads: dict) -> Recorded:
-        return buffer.record(redis, scripts, config, payloads, clock.now)
+        return ingest.record(redis, scripts, config, payloads, clock.now)
 
     return send
 
@@ -83,13 +85,13 @@ def flush(redis, scripts, config):
         totals: dict[tuple[str, str], Counter] = {}
         for shard in range(config.shards):
             snapshot = Snapshot(k=k, shard=shard, flush_id=flush_id)
-            if not buffer.freeze(redis, scripts, config, snapshot):
+            if not snapshots.freeze(redis, scripts, config, snapshot):
                 continue
-            for batch in buffer.read_snapshot(redis, config, snapshot):
+            for batch in snapshots.read_snapshot(redis, config, snapshot):
                 for row in batch:
                     total = totals.setdefault((row.customer, row.content), Counter())
                     total.update(cdn=row.cdn, p2p=row.p2p, s=row.sessions, n=row.payloads)
-            buffer.release(redis, config, snapshot)
+            snapshots.release(redis, config, snapshot)
         return {pair: (t["cdn"], t["p2p"], t["s"], t["n"]) for pair, t in sorted(totals.items())}
 
     return flush
@@ -381,7 +383,7 @@ def test_retries_are_counted_when_de_duplication_is_off(redis, scripts, config, 
     p = payload(token="t", cdn=7, p2p=3)
 
     for _ in range(3):
-        buffer.record(redis, scripts, off, [p], clock.now)
+        ingest.record(redis, scripts, off, [p], clock.now)
 
     assert flush(K) == {("acme", "movie-1"): (21, 9, 1, 3)}
 
@@ -403,37 +405,41 @@ def test_freeze_moves_the_window_into_a_snapshot(redis, scripts, config, send) -
     snapshot = Snapshot(k=K, shard=shard, flush_id="f1")
     expected = 2 if shard_of("b", config.shards) == shard else 1
 
-    assert buffer.freeze(redis, scripts, config, snapshot) == expected
+    assert snapshots.freeze(redis, scripts, config, snapshot) == expected
 
     keys = Keys(PREFIX)
     assert not redis.exists(keys.index(shard, K))
     assert redis.zscore(keys.windows(shard), K) is None
-    assert buffer.closed_windows(redis, config, shard, K) == []
-    assert buffer.pending_snapshots(redis, config) == [snapshot]
-    rows = [row for batch in buffer.read_snapshot(redis, config, snapshot) for row in batch]
+    assert snapshots.closed_windows(redis, config, shard, K) == []
+    assert snapshots.pending_snapshots(redis, config) == [snapshot]
+    rows = [row for batch in snapshots.read_snapshot(redis, config, snapshot) for row in batch]
     assert Row("acme", "movie-1", 250, 100, 1, 1) in rows
     assert len(rows) == expected
 
 
-def test_stragglers_go_to_fresh_live_keys(redis, scripts, config, send, clock, flush) -> None:
-    send(payload(token="t", cdn=1, p2p=2))
+def test_stragglers_join_the_snapshot_until_collected_then_go_to_fresh_keys(
+    redis, scripts, config, send, clock, flush
+) -> None:
+    send(payload(token="t", cdn=1, p2p=2, sessionDuration=1000))
     shard = shard_of("t", config.shards)
-    first = Snapshot(k=K, shard=shard, flush_id="f1")
-    assert buffer.freeze(redis, scripts, config, first) == 1
+    first = Snapshot(k=K, shard=shard, flush_id="first")
+    assert snapshots.freeze(redis, scripts, config, first) == 1
 
-    clock.now = K_END - 0.001  # still window K: a straggler
-    send(payload(token="t", cdn=10, p2p=20), payload(token="t", cdn=100, p2p=200))
-
-    assert buffer.closed_windows(redis, config, shard, K) == [K]
-    assert [list(b) for b in buffer.read_snapshot(redis, config, first)] == [
-        [Row("acme", "movie-1", 1, 2, 1, 1)]
+    clock.now = K_END - 0.001  # still window K
+    # Its counter hash is still live: it moves into the snapshot with it.
+    send(payload(token="t", cdn=10, p2p=20, sessionDuration=2000))
+    assert snapshots.closed_windows(redis, config, shard, K) == []
+    assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
+        [Row("acme", "movie-1", 11, 22, 1, 2)]
     ]
-    assert flush(K, flush_id="f2") == {("acme", "movie-1"): (110, 220, 0, 2)}
-    # The first snapshot is untouched until released.
-    assert buffer.pending_snapshots(redis, config) == [first]
-    assert [list(b) for b in buffer.read_snapshot(redis, config, first)] == [
-        [Row("acme", "movie-1", 1, 2, 1, 1)]
+    # Once collected, a later straggler starts a fresh live hash and index.
+    send(payload(token="t", cdn=100, p2p=200, sessionDuration=3000))
+    assert snapshots.closed_windows(redis, config, shard, K) == [K]
+    assert flush(K) == {("acme", "movie-1"): (100, 200, 0, 1)}
+    assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
+        [Row("acme", "movie-1", 11, 22, 1, 2)]
     ]
+    assert snapshots.pending_snapshots(redis, config) == [first]  # untouched until released
 
 
 @pytest.mark.parametrize(("contents", "sizes"), [(8, [3, 3, 2]), (6, [3, 3]), (1, [1])])
@@ -443,9 +449,9 @@ def test_read_snapshot_yields_batches_of_flush_batch_size(
     # One token: every payload lands in the same shard.
     send(*(payload(token="t", content=f"m{i}", cdn=i) for i in range(contents)))
     snapshot = Snapshot(k=K, shard=shard_of("t", config.shards), flush_id="f1")
-    buffer.freeze(redis, scripts, config, snapshot)
+    snapshots.freeze(redis, scripts, config, snapshot)
 
-    batches = list(buffer.read_snapshot(redis, config, snapshot))
+    batches = list(snapshots.read_snapshot(redis, config, snapshot))
 
     assert [len(b) for b in batches] == sizes
     rows = sorted((r for b in batches for r in b), key=lambda r: r.cdn)
@@ -459,17 +465,18 @@ def test_release_deletes_the_snapshot_and_its_record(redis, scripts, config, sen
     send(*(payload(token="t", content=f"m{i}") for i in range(5)))
     shard = shard_of("t", config.shards)
     snapshot = Snapshot(k=K, shard=shard, flush_id="f1")
-    buffer.freeze(redis, scripts, config, snapshot)
+    snapshots.freeze(redis, scripts, config, snapshot)
     memory = Keys(PREFIX).tokens(shard, K)
+    list(snapshots.read_snapshot(redis, config, snapshot))  # as the flusher does, first
 
-    buffer.release(redis, config, snapshot)
+    snapshots.release(redis, config, snapshot)
 
     assert redis.keys(f"{PREFIX}:*:x:*") == []
     assert not redis.hexists(Keys(PREFIX).snapshots(shard), snapshot.field)
-    assert buffer.pending_snapshots(redis, config) == []
-    assert list(buffer.read_snapshot(redis, config, snapshot)) == []
+    assert snapshots.pending_snapshots(redis, config) == []
+    assert list(snapshots.read_snapshot(redis, config, snapshot)) == []
     assert redis.hget(memory, token_key("t"))[:1] == b"2"  # token memory is not the snapshot's
-    buffer.release(redis, config, snapshot)  # idempotent
+    snapshots.release(redis, config, snapshot)  # idempotent
     assert sorted(redis.keys(f"{PREFIX}:*")) == [memory.encode()]
 
 
@@ -477,17 +484,17 @@ def test_release_leaves_other_snapshots_and_live_data(redis, scripts, config, se
     send(payload(token="t", content="old"))
     shard = shard_of("t", config.shards)
     keep = Snapshot(k=K, shard=shard, flush_id="keep")
-    buffer.freeze(redis, scripts, config, keep)
+    snapshots.freeze(redis, scripts, config, keep)
     send(payload(token="t", content="straggler"))
     drop = Snapshot(k=K, shard=shard, flush_id="drop")
-    buffer.freeze(redis, scripts, config, drop)
+    snapshots.freeze(redis, scripts, config, drop)
     clock.advance(L)
     send(payload(token="t", content="live"))
 
-    buffer.release(redis, config, drop)
+    snapshots.release(redis, config, drop)
 
-    assert buffer.pending_snapshots(redis, config) == [keep]
-    assert [r.content for b in buffer.read_snapshot(redis, config, keep) for r in b] == ["old"]
+    assert snapshots.pending_snapshots(redis, config) == [keep]
+    assert [r.content for b in snapshots.read_snapshot(redis, config, keep) for r in b] == ["old"]
     assert len(live_keys(redis, K + 1)) == 2  # the index and one counter hash
 
 
@@ -503,14 +510,14 @@ def test_pending_snapshots_lists_every_unreleased_snapshot(
     for k, flush_id in ((K, "a:1"), (K + 1, "b")):
         for shard in used:
             snapshot = Snapshot(k=k, shard=shard, flush_id=flush_id)
-            assert buffer.freeze(redis, scripts, config, snapshot) >= 1
+            assert snapshots.freeze(redis, scripts, config, snapshot) >= 1
             made.append(snapshot)
 
-    assert buffer.pending_snapshots(redis, config) == sorted(made)
+    assert snapshots.pending_snapshots(redis, config) == sorted(made)
 
-    buffer.release(redis, config, made[0])
+    snapshots.release(redis, config, made[0])
 
-    assert buffer.pending_snapshots(redis, config) == sorted(made[1:])
+    assert snapshots.pending_snapshots(redis, config) == sorted(made[1:])
 
 
 def test_freezing_an_empty_window_makes_no_snapshot(redis, scripts, config, send) -> None:
@@ -519,9 +526,9 @@ def test_freezing_an_empty_window_makes_no_snapshot(redis, scripts, config, send
 
     for shard in range(config.shards):
         snapshot = Snapshot(k=K - 1, shard=shard, flush_id="f1")
-        assert buffer.freeze(redis, scripts, config, snapshot) == 0
+        assert snapshots.freeze(redis, scripts, config, snapshot) == 0
 
-    assert buffer.pending_snapshots(redis, config) == []
+    assert snapshots.pending_snapshots(redis, config) == []
     assert sorted(redis.keys("*")) == before
 
 
@@ -530,10 +537,10 @@ def test_freezing_a_window_twice_makes_one_snapshot(redis, scripts, config, send
     shard = shard_of("t", config.shards)
     first = Snapshot(k=K, shard=shard, flush_id="f1")
 
-    assert buffer.freeze(redis, scripts, config, first) == 1
-    assert buffer.freeze(redis, scripts, config, Snapshot(k=K, shard=shard, flush_id="f2")) == 0
+    assert snapshots.freeze(redis, scripts, config, first) == 1
+    assert snapshots.freeze(redis, scripts, config, Snapshot(k=K, shard=shard, flush_id="f2")) == 0
 
-    assert buffer.pending_snapshots(redis, config) == [first]
+    assert snapshots.pending_snapshots(redis, config) == [first]
 
 
 def test_freeze_touches_only_its_window(redis, scripts, config, send, clock, flush) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.config import VARIABLES, Config, ConfigError
+from payload_stats.config import VARIABLES, Config, ConfigError
 
 # Every variable set to a non-default value, and the Config it must give.
 ALL_SET = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import VARIABLES
+from payload_stats.config import VARIABLES
 
 yaml = pytest.importorskip("yaml")
 

@@ -1,6 +1,6 @@
 """``fast_load`` agrees with ``PayloadSchema`` (SPEC section 1).
 
-``app.schemas.fast_load`` is a cheap pre-check in front of marshmallow. It is
+``payload_stats.ingest.schema.fast_load`` is a cheap pre-check in front of marshmallow. It is
 only correct if it never accepts what the schema rejects and, when it
 accepts, returns exactly what ``PayloadSchema().load`` returns. These
 properties drive both with arbitrary JSON values and with mutations of a
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from app.schemas import PayloadSchema, fast_load, load_payloads
+from payload_stats.ingest.schema import PayloadSchema, fast_load, load_payloads
 from tests.conftest import payload
 
 SCHEMA = PayloadSchema()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.keys import Keys, decode_ident, encode_ident, shard_of
+from payload_stats.buffer.keys import Keys, decode_ident, encode_ident, shard_of
 
 # Any text except lone surrogates (not encodable as UTF-8), biased towards the
 # characters of the encoding itself.

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from app.schemas import PayloadSchema, fast_load, load_payloads
+from payload_stats.ingest.schema import PayloadSchema, fast_load, load_payloads
 from tests.conftest import payload
 
 FIELDS = ("token", "customer", "content", "timespan", "p2p", "cdn", "sessionDuration")

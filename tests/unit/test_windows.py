@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.windows import (
+from payload_stats.windows import (
     last_closed_window,
     token_memory_ttl,
     window_end,

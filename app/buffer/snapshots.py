@@ -1,0 +1,146 @@
+"""Flush reads: freezing a closed window into a snapshot, reading it, releasing it.
+
+The flusher (``payload_stats.flush``) freezes a window of one shard with one
+FREEZE call, then reads the snapshot in batches with COLLECT (which moves the
+counter hashes into it), and deletes it only after PostgreSQL has committed
+it (docs/exactly-once.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from redis import Redis
+
+from ..config import Config
+from . import keys as k_
+from .keys import Keys
+from .scripts import Scripts
+
+
+@dataclass(frozen=True, order=True)
+class Snapshot:
+    """One frozen window of one shard, named by the flush that froze it."""
+
+    k: int
+    shard: int
+    flush_id: str
+
+    @property
+    def id(self) -> str:
+        """Globally unique: the ledger's primary key in PostgreSQL."""
+        return f"{self.flush_id}:{self.shard}:{self.k}"
+
+    @property
+    def field(self) -> str:
+        """Its field in the shard's pending-snapshot hash."""
+        return f"{self.flush_id}:{self.k}"
+
+    @classmethod
+    def from_field(cls, shard: int, field: bytes) -> Snapshot:
+        flush_id, _, k = field.decode().rpartition(":")
+        return cls(k=int(k), shard=shard, flush_id=flush_id)
+
+
+@dataclass(frozen=True)
+class Row:
+    customer: str
+    content: str
+    cdn: int
+    p2p: int
+    sessions: int
+    payloads: int
+
+
+def closed_windows(redis: Redis, config: Config, shard: int, last_closed: int) -> list[int]:
+    """Window indexes of ``shard`` holding live data, up to ``last_closed``."""
+    found = redis.zrangebyscore(Keys(config.key_prefix).windows(shard), "-inf", last_closed)
+    return [int(k) for k in found]
+
+
+def freeze(redis: Redis, scripts: Scripts, config: Config, snapshot: Snapshot) -> int:
+    """Atomically make the live ident list of a window of one shard ``snapshot``'s.
+
+    Returns the number of idents frozen; 0 means no snapshot was made.
+    """
+    keys = Keys(config.key_prefix)
+    s, k, f = snapshot.shard, snapshot.k, snapshot.flush_id
+    return int(
+        scripts.freeze(
+            keys=[keys.windows(s), keys.index(s, k), keys.snapshots(s),
+                  keys.snapshot_list(s, f, k)],
+            args=[k, snapshot.field],
+        )
+    )
+
+
+def buffered_windows(redis: Redis, config: Config) -> set[int]:
+    """Indexes of every window with data in Redis: live or frozen, any shard."""
+    keys = Keys(config.key_prefix)
+    pipe = redis.pipeline(transaction=False)
+    for shard in range(config.shards):
+        pipe.zrange(keys.windows(shard), 0, -1)
+        pipe.hvals(keys.snapshots(shard))
+    return {int(k) for found in pipe.execute() for k in found}
+
+
+def pending_snapshots(redis: Redis, config: Config) -> list[Snapshot]:
+    """Every snapshot not yet released, in every shard (left by any flusher)."""
+    keys = Keys(config.key_prefix)
+    pipe = redis.pipeline(transaction=False)
+    for shard in range(config.shards):
+        pipe.hkeys(keys.snapshots(shard))
+    found = []
+    for shard, fields in enumerate(pipe.execute()):
+        found += (Snapshot.from_field(shard, raw) for raw in fields)
+    return sorted(found)
+
+
+def _batches(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[bytes]]:
+    """The snapshot's idents, ``config.flush_batch_size`` at a time."""
+    name = Keys(config.key_prefix).snapshot_list(snapshot.shard, snapshot.flush_id, snapshot.k)
+    size = config.flush_batch_size
+    start = 0
+    while idents := redis.lrange(name, start, start + size - 1):
+        yield idents
+        start += size
+
+
+def read_snapshot(
+    redis: Redis, config: Config, snapshot: Snapshot, scripts: Scripts | None = None
+) -> Iterator[list[Row]]:
+    """The snapshot's rows, in batches of at most ``config.flush_batch_size``.
+
+    Each batch first completes the freeze of its counter hashes (COLLECT).
+    """
+    scripts = scripts or Scripts(redis)
+    keys = Keys(config.key_prefix)
+    s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
+    for idents in _batches(redis, config, snapshot):
+        live = [keys.counters(s, k, ident) for ident in idents]
+        frozen = [keys.snapshot_counters(s, f, k, ident) for ident in idents]
+        values = scripts.collect(keys=live + frozen, args=[len(idents)])
+        rows = []
+        for ident, flat in zip(idents, values, strict=True):
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            if not fields:
+                continue
+            customer, content = k_.decode_ident(ident)
+            rows.append(Row(customer, content, int(fields.get(k_.CDN, 0)),
+                            int(fields.get(k_.P2P, 0)), int(fields.get(k_.SESSIONS, 0)),
+                            int(fields.get(k_.PAYLOADS, 0))))
+        yield rows
+
+
+def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
+    """Delete a snapshot. Only ever called once PostgreSQL holds it; idempotent."""
+    keys = Keys(config.key_prefix)
+    s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
+    for idents in _batches(redis, config, snapshot):
+        redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
+    # The record goes last: while it exists, a crash here is re-driven.
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(keys.snapshot_list(s, f, k))
+    pipe.hdel(keys.snapshots(s), snapshot.field)
+    pipe.execute()

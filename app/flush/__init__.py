@@ -1,0 +1,1 @@
+"""Closed windows out of Redis into PostgreSQL, exactly once; the scheduler; retention."""

@@ -1,0 +1,158 @@
+"""The flush scheduler: the only place APScheduler is started.
+
+It runs in its own process (``payload-stats scheduler``), never inside
+gunicorn workers, so N web workers do not mean N flushers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import psycopg2
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from psycopg2.pool import ThreadedConnectionPool
+from redis import Redis
+from redis.exceptions import RedisError
+
+from ..buffer.scripts import Scripts
+from ..config import Config
+from ..logs import one_line
+from ..postgres.migrations import migrate
+from . import retention
+from .failpoints import Failpoint, no_failpoint
+from .figures import record_flush
+from .flusher import Clock
+from .lock import flush_with_lock
+
+logger = logging.getLogger(__name__)
+
+
+class FlushJob:
+    """One scheduled run: make sure the schema exists, then flush under the lock.
+
+    Failures are logged and retried at the next run; Redis keeps the data.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        pool: ThreadedConnectionPool,
+        config: Config,
+        clock: Clock = time.time,
+        failpoint: Failpoint = no_failpoint,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+        self.failpoint = failpoint
+        self.scripts = Scripts(redis)
+        self.schema_ready = False
+
+    def __call__(self) -> None:
+        try:
+            if not self.schema_ready:
+                migrate(self.pool)
+                self.schema_ready = True
+            report = flush_with_lock(
+                self.redis, self.pool, self.config, self.clock,
+                scripts=self.scripts, failpoint=self.failpoint,
+            )
+        except (psycopg2.Error, RedisError) as exc:
+            logger.error("flush_failed", extra={"reason": one_line(exc)})
+            record_flush(self.redis, self.config, ok=False)
+        except Exception:
+            logger.exception("flush_failed")
+            record_flush(self.redis, self.config, ok=False)
+        else:
+            if report is not None:
+                record_flush(self.redis, self.config, ok=True, rows=report.rows,
+                                     duration=report.duration_seconds)
+
+
+class RetentionJob:
+    """Once a day: delete stats rows older than STATS_RETENTION_DAYS."""
+
+    def __init__(self, pool: ThreadedConnectionPool, config: Config,
+                 clock: Clock = time.time) -> None:
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+
+    def __call__(self) -> None:
+        try:
+            retention.prune(self.pool, self.config.retention_days, self.clock())
+        except psycopg2.Error as exc:
+            logger.error("retention_failed", extra={"reason": one_line(exc)})
+
+
+def build_scheduler(
+    job: FlushJob, config: Config, retention_job: RetentionJob | None = None
+) -> BackgroundScheduler:
+    """A scheduler running ``job`` every ``STATS_FLUSH_INTERVAL_SECONDS`` (first run
+    now) and ``retention_job`` once a day (first run a minute after start)."""
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    scheduler.add_job(
+        job,
+        IntervalTrigger(seconds=config.flush_interval_seconds),
+        id="flush",
+        name="flush closed windows",
+        # One flush at a time in this process; runs missed while one was
+        # slow collapse into one, which flushes everything closed anyway.
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=max(60, int(config.flush_interval_seconds * 10)),
+        next_run_time=datetime.now(timezone.utc),
+    )
+    if retention_job is not None and config.retention_days > 0:
+        scheduler.add_job(
+            retention_job,
+            IntervalTrigger(days=1),
+            id="retention",
+            name="delete old stats rows",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+            next_run_time=datetime.now(timezone.utc) + timedelta(minutes=1),
+        )
+    return scheduler
+
+
+def run(
+    redis: Redis,
+    pool: ThreadedConnectionPool,
+    config: Config,
+    failpoint: Failpoint = no_failpoint,
+) -> None:
+    """Run the scheduler until SIGTERM or SIGINT; a running flush completes first."""
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scheduler = build_scheduler(
+        FlushJob(redis, pool, config, failpoint=failpoint), config, RetentionJob(pool, config)
+    )
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        if not stopping.is_set():
+            logger.info("scheduler_stopping", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info(
+        "scheduler_started",
+        extra={
+            "interval_s": config.flush_interval_seconds,
+            "window_s": config.window_seconds,
+            "grace_s": config.flush_grace_seconds,
+            "shards": config.shards,
+        },
+    )
+    scheduler.start()
+    stopping.wait()
+    scheduler.shutdown(wait=True)
+    logger.info("scheduler_stopped")

@@ -1,0 +1,1 @@
+"""Device payloads in: request bodies, the payload schema and the POST views."""

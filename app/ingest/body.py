@@ -1,0 +1,127 @@
+"""Reading request bodies: size limits, gzip, JSON and NDJSON; never a 5xx."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import orjson
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..web.errors import InvalidGzip, InvalidJSON, UnsupportedEncoding
+from .schema import PAYLOAD_FIELDS
+
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+# Integers longer than this are out of every field's range anyway; mapping
+# them to a huge value lets the schema name the field, instead of Python's
+# int-conversion limit rejecting the whole body.
+_MAX_INT_DIGITS = 64
+_HUGE = 10**_MAX_INT_DIGITS
+_QUOTED_FIELDS = tuple((name, f'"{name}"'.encode()) for name in PAYLOAD_FIELDS)
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decompressed, at most ``limit`` bytes either way.
+
+    Raises RequestEntityTooLarge (413) past the limit, before or after
+    decompression; UnsupportedEncoding (415); InvalidGzip for a bad gzip stream.
+    """
+    data = request.get_data(cache=False)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return data
+    if encoding in ("gzip", "x-gzip"):
+        return _gunzip(data, limit)
+    raise UnsupportedEncoding(
+        f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
+    )
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    out = bytearray()
+    try:
+        while data:
+            # max_length bounds memory: a gzip bomb stops at limit + 1 bytes.
+            stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += stream.decompress(data, limit + 1 - len(out))
+            if len(out) > limit or stream.unconsumed_tail:
+                raise RequestEntityTooLarge(
+                    f"The decompressed body is larger than {limit} bytes."
+                )
+            if not stream.eof:
+                raise InvalidGzip("The gzip body is truncated.")
+            data = stream.unused_data  # a further gzip member, if any
+    except zlib.error as exc:
+        raise InvalidGzip(f"The body is not valid gzip: {exc}.") from None
+    return bytes(out)
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        return -_HUGE if text.startswith("-") else _HUGE
+    return int(text)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen = set()
+    for name, _ in pairs:
+        if name in seen and name in PAYLOAD_FIELDS:
+            raise ValueError(f"the key {name!r} appears twice in one object")
+        seen.add(name)
+    return dict(pairs)
+
+
+def _may_repeat_fields(data: bytes, value: Any) -> bool:
+    """False when no object in ``value`` can have held a payload field twice.
+
+    Both parsers keep the last of two equal keys; another reader might keep the
+    first and bill a different number, so such a body is refused. Counting
+    the quoted names in the raw bytes is cheap; only a mismatch (or an escaped
+    name) sends the body through the slower parser that checks each object.
+    """
+    if b"\\u" in data:
+        return True
+    items = value if isinstance(value, list) else [value]
+    for name, quoted in _QUOTED_FIELDS:
+        present = sum(1 for item in items if type(item) is dict and name in item)
+        if data.count(quoted) != present:
+            return True
+    return False
+
+
+def parse_json(data: bytes, where: str = "The request body") -> Any:
+    """Decode one JSON document. Raises InvalidJSON."""
+    if not data.strip():
+        raise InvalidJSON(f"{where} is empty: expected JSON.")
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass  # orjson is strict; the standard parser tells the precise error
+    else:
+        if not _may_repeat_fields(data, value):
+            return value
+    try:
+        # Decode first: json.loads(bytes) lets UTF-8-encoded surrogates through.
+        text = data.decode("utf-8")
+        return json.loads(text, parse_int=_parse_int, parse_constant=_reject_constant,
+                          object_pairs_hook=_unique_fields)
+    except RecursionError:
+        raise InvalidJSON(f"{where} is nested too deeply.") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidJSON(f"{where} is not valid JSON: {exc}.") from None
+
+
+def parse_ndjson(data: bytes, max_items: int) -> list[Any]:
+    """Decode newline-delimited JSON (blank lines are skipped). Raises InvalidJSON
+    naming the line (counted in the body, blank lines included)."""
+    lines = [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
+    if len(lines) > max_items:
+        return [None] * len(lines)  # the caller rejects the count; no need to parse
+    return [parse_json(line, f"Line {n}") for n, line in lines]

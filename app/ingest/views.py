@@ -1,0 +1,75 @@
+"""POST /stats and POST /stats/batch: device payloads into the Redis window buffer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+from redis.exceptions import RedisError
+
+from ..buffer.ingest import Recorded, record
+from ..web.auth import require_bearer
+from ..web.errors import InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
+from .body import NDJSON_TYPES, parse_json, parse_ndjson, read_body
+from .schema import load_payloads
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("ingest", __name__)
+
+MAX_BATCH = 1000
+ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
+
+
+def _record(services: Any, payloads: list[dict[str, Any]]):
+    try:
+        recorded = record(
+            services.redis, services.scripts, services.config, payloads, services.clock()
+        )
+    except RedisError as exc:
+        logger.warning("redis_unavailable", extra={"reason": str(exc)})
+        raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
+    services.metrics.accepted.inc(recorded.accepted)
+    if recorded.duplicates:
+        services.metrics.duplicates.inc(recorded.duplicates)
+    return recorded
+
+
+@bp.post("/stats")
+def post_stats():
+    """One payload. 200 {"accepted": 1, "duplicates": 0}; a retry is a duplicate."""
+    services = current_app.extensions["payload_stats"]
+    require_bearer(services.config.ingest_token)
+    body = parse_json(read_body(request, services.config.max_body_bytes))
+    payloads, errors = load_payloads(services.schema, [body])
+    if errors:
+        raise InvalidPayload(errors["0"])
+    return _answer(_record(services, payloads))
+
+
+@bp.post("/stats/batch")
+def post_batch():
+    """1..1000 payloads as a JSON array or NDJSON; all are written, or none."""
+    services = current_app.extensions["payload_stats"]
+    require_bearer(services.config.ingest_token)
+    data = read_body(request, services.config.max_body_bytes)
+    if request.mimetype in NDJSON_TYPES:
+        items = parse_ndjson(data, MAX_BATCH)
+    else:
+        items = parse_json(data)
+        if not isinstance(items, list):
+            raise InvalidBatch("A batch is a JSON array of payloads (or NDJSON).")
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise InvalidBatch(f"A batch holds 1 to {MAX_BATCH} payloads, not {len(items)}.")
+    payloads, errors = load_payloads(services.schema, items)
+    if errors:
+        raise InvalidBatchItems(errors, len(items))
+    return _answer(_record(services, payloads))
+
+
+def _answer(recorded: Recorded) -> Response:
+    # orjson, not jsonify: this answer is sent once per device payload.
+    body = orjson.dumps({"accepted": recorded.accepted, "duplicates": recorded.duplicates})
+    return Response(body, mimetype="application/json")

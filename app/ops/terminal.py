@@ -1,0 +1,82 @@
+"""The ``payload-stats live`` terminal view: the open window's top rows (rich)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from redis import Redis
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..buffer.live import LiveRow, live_rows
+from ..config import Config
+from ..windows import window_end, window_index
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def render(rows: list[LiveRow], config: Config, now: float, limit: int) -> Group:
+    """The table of the window open at ``now``: rows by traffic, most first."""
+    length = config.window_seconds
+    k = window_index(now, length)
+    elapsed = max(1.0, now - k * length)
+    rows = sorted(rows, key=lambda r: r.cdn + r.p2p, reverse=True)
+    end = time.strftime("%H:%M:%S", time.gmtime(window_end(k, length)))
+    table = Table(title=f"payload-stats: window ending {end} UTC ({elapsed:.0f}s of {length}s)")
+    for name in ("customer", "content"):
+        table.add_column(name, overflow="fold")
+    for name in ("cdn", "p2p", "p2p share", "sessions", "payloads/s"):
+        table.add_column(name, justify="right")
+    for r in rows[:limit]:
+        share = r.p2p_share
+        table.add_row(
+            r.customer, r.content, _bytes(r.cdn), _bytes(r.p2p),
+            "-" if share is None else f"{100 * share:.1f}%",
+            str(r.sessions), f"{r.payloads / elapsed:.1f}",
+        )
+    total = len(rows)
+    footer = Text(f"{min(limit, total)} of {total} customer/content pairs", style="dim")
+    return Group(table, footer)
+
+
+def run(
+    redis: Redis,
+    config: Config,
+    *,
+    once: bool,
+    limit: int,
+    customer: str | None = None,
+    clock: Callable[[], float] = time.time,
+    console: Console | None = None,
+) -> None:
+    """Print the table once, or refresh it every second until Ctrl-C.
+
+    Raises redis.RedisError when Redis cannot be read.
+    """
+    console = console or Console()
+
+    def frame() -> Group:
+        now = clock()
+        k = window_index(now, config.window_seconds)
+        rows = live_rows(redis, config, customer=customer, only_window=k)
+        return render(rows, config, now, limit)
+
+    if once:
+        console.print(frame())
+        return
+    with Live(frame(), console=console, refresh_per_second=4) as view:
+        try:
+            while True:
+                time.sleep(1)
+                view.update(frame())
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,1 @@
+"""PostgreSQL: the connection pool, the migrations runner, the SQL files and the writes."""

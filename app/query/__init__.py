@@ -1,0 +1,1 @@
+"""Reading the numbers back: history parameters, history and live reads, the query views."""

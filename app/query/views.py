@@ -1,0 +1,89 @@
+"""GET /stats (history from PostgreSQL) and GET /stats/live (counters in Redis)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg2
+from flask import Blueprint, current_app, jsonify, request
+from redis.exceptions import RedisError
+
+from ..buffer import live
+from ..web.auth import require_bearer
+from ..web.errors import InvalidParameter, Unavailable
+from . import history, history_params
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("query", __name__)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _share(cdn: int, p2p: int) -> float | None:
+    share = live.p2p_share(cdn, p2p)
+    return None if share is None else round(share, 6)
+
+
+@bp.get("/stats")
+def get_history():
+    services = current_app.extensions["payload_stats"]
+    require_bearer(services.config.api_token)
+    try:
+        query = history_params.parse_query(request.args.to_dict())
+    except history_params.QueryError as exc:
+        raise InvalidParameter(exc.fields) from None
+    if services.pool is None:
+        raise Unavailable("DATABASE_URL is not set for this web process.")
+    try:
+        rows, cursor = history.fetch(services.pool, query)
+    except psycopg2.DataError as exc:  # a value PostgreSQL cannot represent
+        raise InvalidParameter({"query": [" ".join(str(exc).split())]}) from None
+    except psycopg2.Error as exc:
+        # Down, or not migrated yet (payload-stats init-db): nothing the client did.
+        logger.warning("postgres_unavailable", extra={"reason": " ".join(str(exc).split())})
+        raise Unavailable("The stats database is unavailable; retry shortly.") from None
+    by_customer, by_content = history_params.GROUPS.get(query.group_by, (True, True))
+    out = []
+    for t, customer, content, cdn, p2p, sessions, payloads in rows:
+        row: dict[str, Any] = {"time": _iso(t)}
+        if by_customer:
+            row["customer"] = customer
+        if by_content:
+            row["content"] = content
+        row.update(cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads,
+                   p2p_share=_share(cdn, p2p))
+        out.append(row)
+    return jsonify(rows=out, next=cursor)
+
+
+@bp.get("/stats/live")
+def get_live():
+    services = current_app.extensions["payload_stats"]
+    require_bearer(services.config.api_token)
+    try:
+        rows = live.live_rows(
+            services.redis, services.config,
+            customer=request.args.get("customer") or None,
+            content=request.args.get("content") or None,
+        )
+    except RedisError as exc:
+        logger.warning("redis_unavailable", extra={"reason": str(exc)})
+        raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
+    return jsonify(rows=[
+        {
+            "time": _iso(datetime.fromtimestamp(r.time, tz=timezone.utc)),
+            "customer": r.customer,
+            "content": r.content,
+            "cdn": r.cdn,
+            "p2p": r.p2p,
+            "sessions": r.sessions,
+            "payloads": r.payloads,
+            "p2p_share": _share(r.cdn, r.p2p),
+        }
+        for r in rows
+    ])

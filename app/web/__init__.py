@@ -1,0 +1,1 @@
+"""The WSGI application: its factory, errors, auth, health, metrics and API docs."""
