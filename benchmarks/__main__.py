@@ -28,44 +28,79 @@ def _ints(text: str) -> tuple[int, ...]:
 def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load phase [10]")
-    p.add_argument("--slice", type=float, default=2.0,
-                   help="seconds of one interleaved slice of a load phase [2]")
+    p.add_argument(
+        "--slice",
+        type=float,
+        default=2.0,
+        help="seconds of one interleaved slice of a load phase [2]",
+    )
     p.add_argument("--connections", type=int, default=32, help="concurrent connections [32]")
     p.add_argument("--threads", type=int, default=1, help="wrk threads [1]")
-    p.add_argument("--close", action="store_true",
-                   help="send Connection: close (a TCP connection per request, like devices "
-                   "posting every 30 s); default: keep-alive where the server allows it")
-    p.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto",
-                   help="load generator: wrk when installed, else Python [auto]")
-    p.add_argument("--only", nargs="+", choices=runner.PHASES, default=list(runner.DEFAULT_PHASES),
-                   metavar="PHASE", help=f"phases to run, of {', '.join(runner.PHASES)} "
-                   f"[all but workers and profile]")
+    p.add_argument(
+        "--close",
+        action="store_true",
+        help="send Connection: close (a TCP connection per request, like devices "
+        "posting every 30 s); default: keep-alive where the server allows it",
+    )
+    p.add_argument(
+        "--loader",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk when installed, else Python [auto]",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=runner.PHASES,
+        default=list(runner.DEFAULT_PHASES),
+        metavar="PHASE",
+        help=f"phases to run, of {', '.join(runner.PHASES)} [all but workers and profile]",
+    )
     p.add_argument("--batch-size", type=int, default=500, help="payloads per batch request [500]")
-    p.add_argument("--flush-keys", type=_ints, default=(10_000, 100_000),
-                   help="keys per flushed window, comma-separated [10000,100000]")
+    p.add_argument(
+        "--flush-keys",
+        type=_ints,
+        default=(10_000, 100_000),
+        help="keys per flushed window, comma-separated [10000,100000]",
+    )
     p.add_argument("--memory-keys", type=int, default=100_000)
     p.add_argument("--memory-tokens", type=int, default=100_000)
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     p.add_argument("--worker-class", help="override gunicorn's worker class for every server")
     p.add_argument("--workers", type=int, help="override gunicorn's workers for every server")
     p.add_argument("--worker-threads", type=int, help="override gunicorn's --threads")
-    p.add_argument("--worker-setups", default=",".join(runner.DEFAULT_WORKER_SETUPS),
-                   help="for --only workers: CLASS[:WORKERS[xTHREADS]], comma-separated")
-    p.add_argument("--profile-dir", default=runner.Options.profile_dir,
-                   help=f"for --only profile [{runner.Options.profile_dir}]")
+    p.add_argument(
+        "--worker-setups",
+        default=",".join(runner.DEFAULT_WORKER_SETUPS),
+        help="for --only workers: CLASS[:WORKERS[xTHREADS]], comma-separated",
+    )
+    p.add_argument(
+        "--profile-dir",
+        default=runner.Options.profile_dir,
+        help=f"for --only profile [{runner.Options.profile_dir}]",
+    )
     p.add_argument("--json", help="write the results and the table to this file")
     p.add_argument("--markdown", help="write the machine, command and table as Markdown")
     a = p.parse_args(argv)
     return runner.Options(
-        duration=a.duration, slice_seconds=a.slice, connections=a.connections,
-        threads=a.threads, close=a.close, loader=a.loader,
-        only=tuple(a.only), batch_size=a.batch_size, flush_keys=a.flush_keys,
-        memory_keys=a.memory_keys, memory_tokens=a.memory_tokens, warmup=a.warmup,
+        duration=a.duration,
+        slice_seconds=a.slice,
+        connections=a.connections,
+        threads=a.threads,
+        close=a.close,
+        loader=a.loader,
+        only=tuple(a.only),
+        batch_size=a.batch_size,
+        flush_keys=a.flush_keys,
+        memory_keys=a.memory_keys,
+        memory_tokens=a.memory_tokens,
+        warmup=a.warmup,
         setup=WorkerSetup(a.worker_class, a.workers, a.worker_threads),
         worker_setups=tuple(a.worker_setups.split(",")),
         redis_url=os.environ.get("REDIS_URL") or runner.Options.redis_url,
         database_url=os.environ.get("DATABASE_URL") or runner.Options.database_url,
-        profile_dir=a.profile_dir, log=_log,
+        profile_dir=a.profile_dir,
+        log=_log,
     ), a
 
 
@@ -76,21 +111,23 @@ def _log(message: str) -> None:
 def markdown(results: dict, table: list[report.Row], command: str) -> str:
     m, s = results["machine"], results["settings"]
     served = results.get("servers", {}).get("project", s["workers"])
-    return "\n".join([
-        f"Measured {results['date']} on {m['nproc']} cores ({m['cpu']}), "
-        f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, {m['wrk']}. "
-        f"Load: {results['loader']}, {s['connections']} connections"
-        f"{' (Connection: close)' if s['close'] else ''}, {s['duration']:g} s per figure in "
-        f"{s['slice']:g} s slices interleaved across the servers. Every server: gunicorn "
-        f"`-c {results['gunicorn_config']}`, {served}.",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
-        report.markdown_table(table),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"Measured {results['date']} on {m['nproc']} cores ({m['cpu']}), "
+            f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, {m['wrk']}. "
+            f"Load: {results['loader']}, {s['connections']} connections"
+            f"{' (Connection: close)' if s['close'] else ''}, {s['duration']:g} s per figure in "
+            f"{s['slice']:g} s slices interleaved across the servers. Every server: gunicorn "
+            f"`-c {results['gunicorn_config']}`, {served}.",
+            "",
+            "```sh",
+            command,
+            "```",
+            "",
+            report.markdown_table(table),
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         if options.loader == "wrk":
             _log("wrk is not installed: apt-get install wrk (or use --loader python)")
             return 2
-        _log("wrk is not installed (apt-get install wrk): using the Python load generator, "
-             "which shares the CPU with the servers and saturates sooner")
+        _log(
+            "wrk is not installed (apt-get install wrk): using the Python load generator, "
+            "which shares the CPU with the servers and saturates sooner"
+        )
     loader = "wrk" if options.loader != "python" and load_wrk.available() else "python"
     started = time.time()
     results = runner.run(options)
@@ -109,9 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         machine=report.machine(),
         loader=loader,
         command="python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
-        settings={"duration": options.duration, "slice": options.slice_seconds,
-                  "connections": options.connections, "close": options.close,
-                  "workers": options.setup.label},
+        settings={
+            "duration": options.duration,
+            "slice": options.slice_seconds,
+            "connections": options.connections,
+            "close": options.close,
+            "workers": options.setup.label,
+        },
     )
     table = report.rows(results)
     results["table"] = report.as_dicts(table)

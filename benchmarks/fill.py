@@ -55,8 +55,7 @@ def token_payloads(n: int) -> Iterator[dict[str, Any]]:
         }
 
 
-def record_all(redis: Redis, config: Config, payloads: Iterator[dict[str, Any]],
-               now: float) -> int:
+def record_all(redis: Redis, config: Config, payloads: Iterator[dict[str, Any]], now: float) -> int:
     """Record ``payloads`` at ``now`` in calls of 1000; returns how many were counted."""
     scripts = Scripts(redis)
     counted = 0

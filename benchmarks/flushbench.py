@@ -56,8 +56,13 @@ def _flush_child(config: Config, queue: Any) -> None:
     report = flush_once(redis, pool, config)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put({"rows": report.rows, "seconds": seconds,
-               "peak_rss_growth_mb": round(max(0.0, peak - rss_before), 1)})
+    queue.put(
+        {
+            "rows": report.rows,
+            "seconds": seconds,
+            "peak_rss_growth_mb": round(max(0.0, peak - rss_before), 1),
+        }
+    )
     pool.closeall()
 
 

@@ -57,6 +57,7 @@ def combine(results: list[LoadResult]) -> LoadResult:
     slices' (a burst of another process on the machine spoils one slice, not
     the figure).
     """
+
     def median(values: list[float]) -> float:
         ordered = sorted(values)
         mid = len(ordered) // 2

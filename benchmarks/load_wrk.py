@@ -27,24 +27,37 @@ def command(spec: LoadSpec) -> list[str]:
     threads = max(1, min(spec.threads, spec.connections))
     rate = spec.rate / threads if spec.rate else 0  # the script paces each thread
     return [
-        "wrk", "-t", str(threads), "-c", str(spec.connections),
-        "-d", f"{max(1, math.ceil(spec.duration))}s", "--timeout", "10s",
-        "-s", str(SCRIPT), spec.url, "--", str(spec.batch), f"{rate:.3f}",
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(spec.connections),
+        "-d",
+        f"{max(1, math.ceil(spec.duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(SCRIPT),
+        spec.url,
+        "--",
+        str(spec.batch),
+        f"{rate:.3f}",
         "close" if spec.close else "keep-alive",
     ]
 
 
 def run(spec: LoadSpec) -> LoadResult:
     """Run wrk once. Raises RuntimeError if wrk fails or prints no result."""
-    proc = subprocess.run(command(spec), capture_output=True, text=True,
-                          timeout=spec.duration + 60)
+    proc = subprocess.run(command(spec), capture_output=True, text=True, timeout=spec.duration + 60)
     for line in proc.stdout.splitlines():
         if line.startswith(MARKER):
-            data = json.loads(line[len(MARKER):])
+            data = json.loads(line[len(MARKER) :])
             break
     else:
-        raise RuntimeError(f"wrk gave no result (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"wrk gave no result (exit {proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
     errors = data["errors"]
     return LoadResult(
         loader="wrk",

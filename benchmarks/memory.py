@@ -100,13 +100,15 @@ def run(redis: Redis, config: Config, keys: int, tokens: int) -> dict[str, dict]
 
     def project(name: str, cfg: Config, payloads: Any, count: int) -> None:
         cfg = cfg.replace(key_prefix=short_prefix(redis))
-        results[name] = measure(redis, cfg.key_prefix, count,
-                                lambda: fill.record_all(redis, cfg, payloads, at))
+        results[name] = measure(
+            redis, cfg.key_prefix, count, lambda: fill.record_all(redis, cfg, payloads, at)
+        )
 
     def peer(name: str, payloads: Any, count: int) -> None:
         prefix = short_prefix(redis)
-        results[name] = measure(redis, prefix, count,
-                                lambda: _direct_fill(redis, prefix, payloads, at))
+        results[name] = measure(
+            redis, prefix, count, lambda: _direct_fill(redis, prefix, payloads, at)
+        )
 
     no_dedup = config.replace(dedup_seconds=0)
     project("pk", no_dedup, fill.key_payloads(keys), keys)

@@ -42,8 +42,9 @@ def py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def record_during(server: Server, load: Callable[[], dict[str, Any]], out_dir: str,
-                  name: str, seconds: float) -> dict[str, Any]:
+def record_during(
+    server: Server, load: Callable[[], dict[str, Any]], out_dir: str, name: str, seconds: float
+) -> dict[str, Any]:
     """Run ``load()`` while py-spy samples ``server``; the load result plus a summary."""
     exe = py_spy()
     if exe is None:
@@ -52,9 +53,23 @@ def record_during(server: Server, load: Callable[[], dict[str, Any]], out_dir: s
     out.mkdir(parents=True, exist_ok=True)
     raw = out / f"{name}.txt"
     spy = subprocess.Popen(
-        [exe, "record", "--pid", str(server.pid), "--subprocesses", "--rate", "200",
-         "--duration", str(max(1, round(seconds))), "--format", "raw", "--output", str(raw)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            exe,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--subprocesses",
+            "--rate",
+            "200",
+            "--duration",
+            str(max(1, round(seconds))),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     result = load()
     _, err = spy.communicate(timeout=seconds + 60)
@@ -85,8 +100,7 @@ def summarize(collapsed: str, top: int = 25) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        if not any(f.startswith("SyncWorker.handle (") or ".handle (gunicorn" in f
-                   for f in frames):
+        if not any(f.startswith("SyncWorker.handle (") or ".handle (gunicorn" in f for f in frames):
             continue  # the master, or a worker between requests
         n = int(count)
         stages[stage(frames)] += n
@@ -98,14 +112,20 @@ def summarize(collapsed: str, top: int = 25) -> dict[str, Any]:
     def share(counter: Counter[str], k: int) -> list[tuple[str, float]]:
         return [(f, round(100 * n / total, 1)) for f, n in counter.most_common(k)]
 
-    return {"samples": total, "stages": dict(share(stages, len(stages))) if total else {},
-            "self": share(leaves, top) if total else [],
-            "inclusive": share(inclusive, 2 * top) if total else []}
+    return {
+        "samples": total,
+        "stages": dict(share(stages, len(stages))) if total else {},
+        "self": share(leaves, top) if total else [],
+        "inclusive": share(inclusive, 2 * top) if total else [],
+    }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"on-CPU samples inside a request: {summary['samples']}", "",
-             "stages (% of request CPU):"]
+    lines = [
+        f"on-CPU samples inside a request: {summary['samples']}",
+        "",
+        "stages (% of request CPU):",
+    ]
     lines += [f"  {pct:5.1f}  {name}" for name, pct in summary["stages"].items()]
     lines += ["", "self time (% of request CPU):"]
     lines += [f"  {pct:5.1f}  {frame}" for frame, pct in summary["self"]]

@@ -42,35 +42,65 @@ def _load_rows(load: dict[str, dict]) -> list[Row]:
     if not project:
         return rows
     p = project["rps"]
-    for peer, target, goal in (("direct", "≥ 1.0", 1.0), ("naive-pg", "≥ 2.0", 2.0),
-                               ("bare", "", None)):
+    for peer, target, goal in (
+        ("direct", "≥ 1.0", 1.0),
+        ("naive-pg", "≥ 2.0", 2.0),
+        ("bare", "", None),
+    ):
         if peer in load:
             ratio = _ratio(p, load[peer]["rps"])
-            rows.append(Row(
-                "POST /stats req/s", ratio, peer,
-                f"project {p:,.0f} req/s, {peer} {load[peer]['rps']:,.0f} req/s",
-                target, None if goal is None or ratio is None else ratio >= goal,
-            ))
+            rows.append(
+                Row(
+                    "POST /stats req/s",
+                    ratio,
+                    peer,
+                    f"project {p:,.0f} req/s, {peer} {load[peer]['rps']:,.0f} req/s",
+                    target,
+                    None if goal is None or ratio is None else ratio >= goal,
+                )
+            )
     if "direct" in load and "bare" in load:
-        rows.append(Row("direct req/s (context)",
-                        _ratio(load["direct"]["rps"], load["bare"]["rps"]), "bare",
-                        f"direct {load['direct']['rps']:,.0f}, bare "
-                        f"{load['bare']['rps']:,.0f} req/s"))
+        rows.append(
+            Row(
+                "direct req/s (context)",
+                _ratio(load["direct"]["rps"], load["bare"]["rps"]),
+                "bare",
+                f"direct {load['direct']['rps']:,.0f}, bare {load['bare']['rps']:,.0f} req/s",
+            )
+        )
     if "direct" in load and "worker_cpu_us" in project:
         d = load["direct"]
-        rows.append(Row("gunicorn worker CPU per request", _ratio(project["worker_cpu_us"],
-                        d["worker_cpu_us"]), "direct", f"project {project['worker_cpu_us']} us, "
-                        f"direct {d['worker_cpu_us']} us, bare "
-                        f"{load.get('bare', {}).get('worker_cpu_us', '?')} us"))
-        rows.append(Row("Redis server CPU per request", _ratio(project["redis_cpu_us"],
-                        d["redis_cpu_us"]), "direct", f"project {project['redis_cpu_us']} us, "
-                        f"direct {d['redis_cpu_us']} us (whole server: other clients count)"))
+        rows.append(
+            Row(
+                "gunicorn worker CPU per request",
+                _ratio(project["worker_cpu_us"], d["worker_cpu_us"]),
+                "direct",
+                f"project {project['worker_cpu_us']} us, "
+                f"direct {d['worker_cpu_us']} us, bare "
+                f"{load.get('bare', {}).get('worker_cpu_us', '?')} us",
+            )
+        )
+        rows.append(
+            Row(
+                "Redis server CPU per request",
+                _ratio(project["redis_cpu_us"], d["redis_cpu_us"]),
+                "direct",
+                f"project {project['redis_cpu_us']} us, "
+                f"direct {d['redis_cpu_us']} us (whole server: other clients count)",
+            )
+        )
     if "direct" in load:
         d = load["direct"]
-        rows.append(Row("p99 latency at max rate", _ratio(project["p99_ms"], d["p99_ms"]),
-                        "direct", f"project p50 {project['p50_ms']:.1f} / p99 "
-                        f"{project['p99_ms']:.1f} ms, direct p50 {d['p50_ms']:.1f} / p99 "
-                        f"{d['p99_ms']:.1f} ms"))
+        rows.append(
+            Row(
+                "p99 latency at max rate",
+                _ratio(project["p99_ms"], d["p99_ms"]),
+                "direct",
+                f"project p50 {project['p50_ms']:.1f} / p99 "
+                f"{project['p99_ms']:.1f} ms, direct p50 {d['p50_ms']:.1f} / p99 "
+                f"{d['p99_ms']:.1f} ms",
+            )
+        )
     return rows
 
 
@@ -79,26 +109,42 @@ def _half_rows(half: dict[str, Any]) -> list[Row]:
         return []
     p99 = half["project"]["p99_ms"]
     direct = half.get("direct")
-    return [Row(
-        "p99 latency at half the max rate", _ratio(p99, direct["p99_ms"]) if direct else None,
-        "direct at the same rate",
-        f"project p99 {p99:.1f} ms at {half['project']['rps']:,.0f} req/s"
-        + (f", direct p99 {direct['p99_ms']:.1f} ms at {direct['rps']:,.0f} req/s"
-           if direct else ""),
-        f"project p99 ≤ {TARGET_P99_MS:g} ms", p99 <= TARGET_P99_MS,
-    )]
+    return [
+        Row(
+            "p99 latency at half the max rate",
+            _ratio(p99, direct["p99_ms"]) if direct else None,
+            "direct at the same rate",
+            f"project p99 {p99:.1f} ms at {half['project']['rps']:,.0f} req/s"
+            + (
+                f", direct p99 {direct['p99_ms']:.1f} ms at {direct['rps']:,.0f} req/s"
+                if direct
+                else ""
+            ),
+            f"project p99 ≤ {TARGET_P99_MS:g} ms",
+            p99 <= TARGET_P99_MS,
+        )
+    ]
 
 
 def _non2xx_row(results: dict[str, Any]) -> list[Row]:
     phases = [r for name, r in results.get("load", {}).items() if name == "project"]
-    phases += [results[k]["project"] for k in ("batch", "half_load")
-               if results.get(k, {}).get("project")]
+    phases += [
+        results[k]["project"] for k in ("batch", "half_load") if results.get(k, {}).get("project")
+    ]
     if not phases:
         return []
     bad = sum(r["non2xx"] + r["errors"] for r in phases)
     total = sum(r["requests"] for r in phases)
-    return [Row("project non-2xx + socket errors", _ratio(bad, total) or 0.0,
-                "requests sent", f"{bad} of {total:,} requests", "0", bad == 0)]
+    return [
+        Row(
+            "project non-2xx + socket errors",
+            _ratio(bad, total) or 0.0,
+            "requests sent",
+            f"{bad} of {total:,} requests",
+            "0",
+            bad == 0,
+        )
+    ]
 
 
 def _batch_rows(results: dict[str, Any]) -> list[Row]:
@@ -106,15 +152,25 @@ def _batch_rows(results: dict[str, Any]) -> list[Row]:
     single = results.get("load", {}).get("project")
     if not batch:
         return []
-    rows = [Row(f"batch of {batch['batch']} payloads/s", _ratio(batch["payloads_per_s"],
-                single["rps"] if single else None), "project single POST /stats req/s",
-                f"{batch['payloads_per_s']:,.0f} payloads/s in {batch['rps']:,.1f} req/s, "
-                f"p99 {batch['p99_ms']:.0f} ms")]
+    rows = [
+        Row(
+            f"batch of {batch['batch']} payloads/s",
+            _ratio(batch["payloads_per_s"], single["rps"] if single else None),
+            "project single POST /stats req/s",
+            f"{batch['payloads_per_s']:,.0f} payloads/s in {batch['rps']:,.1f} req/s, "
+            f"p99 {batch['p99_ms']:.0f} ms",
+        )
+    ]
     direct = results.get("load", {}).get("direct")
     if direct:
-        rows.append(Row(f"batch of {batch['batch']} payloads/s",
-                        _ratio(batch["payloads_per_s"], direct["rps"]), "direct req/s",
-                        f"direct {direct['rps']:,.0f} payloads/s, one per request"))
+        rows.append(
+            Row(
+                f"batch of {batch['batch']} payloads/s",
+                _ratio(batch["payloads_per_s"], direct["rps"]),
+                "direct req/s",
+                f"direct {direct['rps']:,.0f} payloads/s, one per request",
+            )
+        )
     return rows
 
 
@@ -122,16 +178,19 @@ def _flush_rows(flushes: list[dict[str, Any]]) -> list[Row]:
     rows = []
     for f in flushes:
         big = f["keys"] >= 100_000
-        rows.append(Row(
-            f"flush_once of {f['keys']:,} keys, rows/s",
-            _ratio(f["rows_per_s"], f["copy_rows_per_s"]),
-            "copy (COPY + upsert, no Redis)",
-            f"{f['rows_per_s']:,.0f} rows/s ({f['rows']:,} rows in {f['seconds']:.2f} s, "
-            f"peak RSS +{f['peak_rss_growth_mb']} MB), copy {f['copy_rows_per_s']:,.0f} rows/s",
-            f"≥ {TARGET_FLUSH_ROWS_PER_S:,} rows/s" if big else "",
-            (f["rows_per_s"] >= TARGET_FLUSH_ROWS_PER_S and f["rows"] == f["keys"]) if big
-            else None,
-        ))
+        rows.append(
+            Row(
+                f"flush_once of {f['keys']:,} keys, rows/s",
+                _ratio(f["rows_per_s"], f["copy_rows_per_s"]),
+                "copy (COPY + upsert, no Redis)",
+                f"{f['rows_per_s']:,.0f} rows/s ({f['rows']:,} rows in {f['seconds']:.2f} s, "
+                f"peak RSS +{f['peak_rss_growth_mb']} MB), copy {f['copy_rows_per_s']:,.0f} rows/s",
+                f"≥ {TARGET_FLUSH_ROWS_PER_S:,} rows/s" if big else "",
+                (f["rows_per_s"] >= TARGET_FLUSH_ROWS_PER_S and f["rows"] == f["keys"])
+                if big
+                else None,
+            )
+        )
     return rows
 
 
@@ -140,26 +199,45 @@ def _memory_rows(memory: dict[str, dict]) -> list[Row]:
         return []
     rows = []
     for name, mine, peer, limit in (
-        ("Redis bytes per (window, customer, content)", "project_per_key", "direct_per_key",
-         TARGET_BYTES_PER_KEY),
-        ("Redis bytes per token, dedup on (default)", "project_per_token", "direct_per_token",
-         TARGET_BYTES_PER_TOKEN),
-        ("Redis bytes per token, STATS_DEDUP_SECONDS=0", "project_per_token_nodedup",
-         "direct_per_token", TARGET_BYTES_PER_TOKEN),
+        (
+            "Redis bytes per (window, customer, content)",
+            "project_per_key",
+            "direct_per_key",
+            TARGET_BYTES_PER_KEY,
+        ),
+        (
+            "Redis bytes per token, dedup on (default)",
+            "project_per_token",
+            "direct_per_token",
+            TARGET_BYTES_PER_TOKEN,
+        ),
+        (
+            "Redis bytes per token, STATS_DEDUP_SECONDS=0",
+            "project_per_token_nodedup",
+            "direct_per_token",
+            TARGET_BYTES_PER_TOKEN,
+        ),
     ):
         m, d = memory[mine], memory[peer]
         # INFO counts the whole server: another client freeing or allocating
         # meanwhile skews it, so a target is met only if both readings meet it.
         worst = max(m["bytes_per_item"], m["memory_usage_per_item"])
         noisy = abs(m["bytes_per_item"] - m["memory_usage_per_item"]) > 0.25 * max(
-            1.0, m["memory_usage_per_item"])
-        rows.append(Row(
-            name, _ratio(m["bytes_per_item"], d["bytes_per_item"]), "direct",
-            f"project {m['bytes_per_item']:.0f} B (MEMORY USAGE {m['memory_usage_per_item']:.0f}),"
-            f" direct {d['bytes_per_item']:.0f} B, over {m['count']:,}"
-            + (" -- INFO disturbed by other clients?" if noisy else ""),
-            f"≤ {limit} B", worst <= limit,
-        ))
+            1.0, m["memory_usage_per_item"]
+        )
+        rows.append(
+            Row(
+                name,
+                _ratio(m["bytes_per_item"], d["bytes_per_item"]),
+                "direct",
+                f"project {m['bytes_per_item']:.0f} B"
+                f" (MEMORY USAGE {m['memory_usage_per_item']:.0f}),"
+                f" direct {d['bytes_per_item']:.0f} B, over {m['count']:,}"
+                + (" -- INFO disturbed by other clients?" if noisy else ""),
+                f"≤ {limit} B",
+                worst <= limit,
+            )
+        )
     return rows
 
 
@@ -167,16 +245,28 @@ def _worker_rows(workers: list[dict[str, Any]]) -> list[Row]:
     if not workers:
         return []
     base = workers[0]
-    return [Row(f"project req/s, {w['setup']}", _ratio(w["rps"], base["rps"]),
-                f"{base['setup']}", f"{w['rps']:,.0f} req/s, p99 {w['p99_ms']:.1f} ms, "
-                f"non-2xx {w['non2xx']}") for w in workers]
+    return [
+        Row(
+            f"project req/s, {w['setup']}",
+            _ratio(w["rps"], base["rps"]),
+            f"{base['setup']}",
+            f"{w['rps']:,.0f} req/s, p99 {w['p99_ms']:.1f} ms, non-2xx {w['non2xx']}",
+        )
+        for w in workers
+    ]
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
-    return (_load_rows(results.get("load", {})) + _half_rows(results.get("half_load", {}))
-            + _non2xx_row(results) + _batch_rows(results) + _flush_rows(results.get("flush", []))
-            + _memory_rows(results.get("memory", {})) + _worker_rows(results.get("workers", [])))
+    return (
+        _load_rows(results.get("load", {}))
+        + _half_rows(results.get("half_load", {}))
+        + _non2xx_row(results)
+        + _batch_rows(results)
+        + _flush_rows(results.get("flush", []))
+        + _memory_rows(results.get("memory", {}))
+        + _worker_rows(results.get("workers", []))
+    )
 
 
 def as_dicts(table: list[Row]) -> list[dict[str, Any]]:
@@ -186,8 +276,17 @@ def as_dicts(table: list[Row]) -> list[dict[str, Any]]:
 def text_table(table: list[Row]) -> str:
     """The table for a terminal: figure, ratio, against, target, verdict, context."""
     head = ("figure", "ratio", "against", "target", "", "context")
-    lines = [(r.figure, "-" if r.ratio is None else f"{r.ratio:.2f}", r.peer, r.target,
-              r.verdict, r.context) for r in table]
+    lines = [
+        (
+            r.figure,
+            "-" if r.ratio is None else f"{r.ratio:.2f}",
+            r.peer,
+            r.target,
+            r.verdict,
+            r.context,
+        )
+        for r in table
+    ]
     widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(5)]
     out = []
     for line in [head, *lines]:

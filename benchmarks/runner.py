@@ -85,8 +85,17 @@ class Target:
     spec: LoadSpec
 
 
-PROBE = json.dumps({"token": "probe", "customer": "probe", "content": "probe", "timespan": 0,
-                    "p2p": 0, "cdn": 1, "sessionDuration": 0})
+PROBE = json.dumps(
+    {
+        "token": "probe",
+        "customer": "probe",
+        "content": "probe",
+        "timespan": 0,
+        "p2p": 0,
+        "cdn": 1,
+        "sessionDuration": 0,
+    }
+)
 
 
 def drain(url: str, timeout: float = 60.0) -> None:
@@ -121,21 +130,30 @@ class Run:
         self.schema = sandbox.Schema(options.database_url) if options.own_schema else None
         self.database_url = self.schema.url if self.schema else options.database_url
         self.redis = Redis.from_url(options.redis_url, socket_timeout=120)
-        self.config = Config(redis_url=options.redis_url, database_url=self.database_url,
-                             key_prefix=self.prefix)
+        self.config = Config(
+            redis_url=options.redis_url, database_url=self.database_url, key_prefix=self.prefix
+        )
         self.results: dict[str, Any] = {"gunicorn_config": PROJECT_CONFIG, "load": {}}
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        env.update(REDIS_URL=self.o.redis_url, DATABASE_URL=self.database_url,
-                   STATS_KEY_PREFIX=self.prefix)
+        env.update(
+            REDIS_URL=self.o.redis_url, DATABASE_URL=self.database_url, STATS_KEY_PREFIX=self.prefix
+        )
         return env
 
     @contextmanager
     def servers(self, wanted: list[tuple[str, WorkerSetup | None]]) -> Iterator[list[Server]]:
         """Started servers, one per (app, setup) -- "project" or a peer -- stopped on exit."""
-        servers = [Server(name, PROJECT if name == "project" else PEERS[name], self.env(),
-                          setup or self.o.setup) for name, setup in wanted]
+        servers = [
+            Server(
+                name,
+                PROJECT if name == "project" else PEERS[name],
+                self.env(),
+                setup or self.o.setup,
+            )
+            for name, setup in wanted
+        ]
         start_all(servers)
         try:
             for server in servers:
@@ -145,9 +163,13 @@ class Run:
             stop_all(servers)
 
     def spec(self, server: Server, path: str = "/stats", **changes: Any) -> LoadSpec:
-        spec = LoadSpec(url=server.url + path, duration=self.o.duration,
-                        connections=self.o.connections, threads=self.o.threads,
-                        close=self.o.close)
+        spec = LoadSpec(
+            url=server.url + path,
+            duration=self.o.duration,
+            connections=self.o.connections,
+            threads=self.o.threads,
+            close=self.o.close,
+        )
         return replace(spec, **changes)
 
     def interleave(self, targets: list[Target]) -> dict[str, dict[str, Any]]:
@@ -164,8 +186,7 @@ class Run:
             shift = i % len(targets)
             for t in targets[shift:] + targets[:shift]:
                 before = (*t.server.cpu_seconds(), *self.redis_cpu())
-                collected[t.name].append(run_load(replace(t.spec, duration=length),
-                                                  self.o.loader))
+                collected[t.name].append(run_load(replace(t.spec, duration=length), self.o.loader))
                 drain(t.server.url)
                 after = (*t.server.cpu_seconds(), *self.redis_cpu())
                 for n in range(4):
@@ -175,13 +196,16 @@ class Run:
             r = results[name] = combine(parts).as_dict()
             served = max(1, r["requests"] + r["slices"])  # the drain probes too
             wu, ws, ru, rs = (round(1e6 * c / served) for c in cpu[name])
-            r.update(worker_cpu_us=wu + ws, worker_user_us=wu, worker_sys_us=ws,
-                     redis_cpu_us=ru + rs)
-            self.o.log(f"  {name}: {r['rps']:,.0f} req/s ({r['payloads_per_s']:,.0f} payloads/s),"
-                       f" p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, non-2xx "
-                       f"{r['non2xx']}, errors {r['errors']}; CPU per request: workers "
-                       f"{wu} us user + {ws} us sys, redis {ru + rs} us "
-                       f"({r['loader']}, {r['slices']} slices)")
+            r.update(
+                worker_cpu_us=wu + ws, worker_user_us=wu, worker_sys_us=ws, redis_cpu_us=ru + rs
+            )
+            self.o.log(
+                f"  {name}: {r['rps']:,.0f} req/s ({r['payloads_per_s']:,.0f} payloads/s),"
+                f" p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, non-2xx "
+                f"{r['non2xx']}, errors {r['errors']}; CPU per request: workers "
+                f"{wu} us user + {ws} us sys, redis {ru + rs} us "
+                f"({r['loader']}, {r['slices']} slices)"
+            )
         return results
 
     def redis_cpu(self) -> tuple[float, float]:
@@ -205,10 +229,17 @@ class Run:
             servers = dict(zip(names, started, strict=True))
             targets = [Target(n, s, self.spec(s)) for n, s in servers.items()]
             if "batch" in only:
-                targets.append(Target("project-batch", servers["project"], self.spec(
-                    servers["project"], "/stats/batch", batch=self.o.batch_size)))
-            self.o.log(f"load: {', '.join(t.name for t in targets)} at max rate, "
-                       f"{self.o.connections} connections")
+                targets.append(
+                    Target(
+                        "project-batch",
+                        servers["project"],
+                        self.spec(servers["project"], "/stats/batch", batch=self.o.batch_size),
+                    )
+                )
+            self.o.log(
+                f"load: {', '.join(t.name for t in targets)} at max rate, "
+                f"{self.o.connections} connections"
+            )
             results = self.interleave(targets)
             self.results["servers"] = {n: s.describe() for n, s in servers.items()}
             if "project-batch" in results:
@@ -217,10 +248,12 @@ class Run:
             if "half-load" in only:
                 rate = results["project"]["rps"] / 2
                 self.o.log(f"half load: project and direct at {rate:,.0f} req/s")
-                half = self.interleave([
-                    Target(n, servers[n], self.spec(servers[n], rate=rate))
-                    for n in ("project", "direct")
-                ])
+                half = self.interleave(
+                    [
+                        Target(n, servers[n], self.spec(servers[n], rate=rate))
+                        for n in ("project", "direct")
+                    ]
+                )
                 self.results["half_load"] = {"rate": round(rate, 1), **half}
 
     def flush_phase(self) -> None:
@@ -228,14 +261,17 @@ class Run:
         for n in self.o.flush_keys:
             self.o.log(f"flush: {n:,} keys")
             result = flushbench.run(self.config.replace(key_prefix=f"{self.prefix}:f{n}"), n)
-            self.o.log(f"  {result['rows_per_s']:,.0f} rows/s in {result['seconds']:.2f} s, "
-                       f"copy {result['copy_rows_per_s']:,.0f} rows/s")
+            self.o.log(
+                f"  {result['rows_per_s']:,.0f} rows/s in {result['seconds']:.2f} s, "
+                f"copy {result['copy_rows_per_s']:,.0f} rows/s"
+            )
             self.results["flush"].append(result)
 
     def memory_phase(self) -> None:
         self.o.log(f"memory: {self.o.memory_keys:,} keys, {self.o.memory_tokens:,} tokens")
-        self.results["memory"] = memory.run(self.redis, self.config, self.o.memory_keys,
-                                            self.o.memory_tokens)
+        self.results["memory"] = memory.run(
+            self.redis, self.config, self.o.memory_keys, self.o.memory_tokens
+        )
 
     def workers_phase(self) -> None:
         setups = [(text, WorkerSetup.parse(text)) for text in self.o.worker_setups]
@@ -244,8 +280,12 @@ class Run:
             setups = [(t, s) for t, s in setups if s.worker_class != "gevent"]
         self.o.log(f"workers: the project with {'; '.join(s.label for _, s in setups)}")
         with self.servers([("project", setup) for _, setup in setups]) as started:
-            results = self.interleave([Target(text, server, self.spec(server))
-                                       for (text, _), server in zip(setups, started, strict=True)])
+            results = self.interleave(
+                [
+                    Target(text, server, self.spec(server))
+                    for (text, _), server in zip(setups, started, strict=True)
+                ]
+            )
         self.results["workers"] = [{"setup": name, **r} for name, r in results.items()]
 
     def profile_phase(self) -> None:
@@ -256,8 +296,12 @@ class Run:
             with self.servers([(name, None)]) as (server,):
                 self.o.log(f"profile: {name} under py-spy for {self.o.duration:g} s")
                 self.results["profile"][name] = profiling.record_during(
-                    server, lambda s=server: run_load(self.spec(s), self.o.loader).as_dict(),
-                    self.o.profile_dir, name, self.o.duration)
+                    server,
+                    lambda s=server: run_load(self.spec(s), self.o.loader).as_dict(),
+                    self.o.profile_dir,
+                    name,
+                    self.o.duration,
+                )
 
     def cleanup(self) -> None:
         sandbox.delete_prefix(self.redis, self.prefix)

@@ -67,8 +67,9 @@ class WorkerSetup:
         """``CLASS[:WORKERS[xTHREADS]]``, e.g. ``sync:5``, ``gthread:2x4``, ``gevent``."""
         cls_name, _, count = text.partition(":")
         workers, _, threads = count.partition("x")
-        return cls(cls_name or None, int(workers) if workers else None,
-                   int(threads) if threads else None)
+        return cls(
+            cls_name or None, int(workers) if workers else None, int(threads) if threads else None
+        )
 
 
 def free_port() -> int:
@@ -88,9 +89,15 @@ def _answers(port: int) -> bool:
 class Server:
     """A gunicorn subprocess serving ``factory``; use as a context manager."""
 
-    def __init__(self, name: str, factory: str, env: Mapping[str, str],
-                 setup: WorkerSetup | None = None, config: str = PROJECT_CONFIG,
-                 start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        factory: str,
+        env: Mapping[str, str],
+        setup: WorkerSetup | None = None,
+        config: str = PROJECT_CONFIG,
+        start_timeout: float = 30.0,
+    ) -> None:
         self.name = name
         self.factory = factory
         self.env = dict(env)
@@ -115,13 +122,26 @@ class Server:
         return self.proc.pid
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", "-c", self.config,
-                *self.setup.argv(), "--bind", f"127.0.0.1:{self.port}", self.factory]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            self.config,
+            *self.setup.argv(),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            self.factory,
+        ]
 
     def launch(self) -> None:
         """Start gunicorn without waiting for it."""
         self.proc = subprocess.Popen(
-            self.argv(), cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            self.argv(),
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 

@@ -61,9 +61,16 @@ COMMAND = [sys.executable, "-m", "payload_stats"]  # the `payload-stats` command
 CUSTOMERS = ["acme-tv", "globo", "cust:3", "ÉCOLE", "x y"]
 CONTENTS = [f"live/channel-{i}" for i in range(12)] + ["vod/a:b", "日本語/ライブ", "c"]
 INVALID_CHANGES: list[dict[str, Any]] = [
-    {"cdn": -1}, {"p2p": 10**12 + 1}, {"sessionDuration": "30000"}, {"timespan": 1.5},
-    {"customer": ""}, {"content": "bad\x00name"}, {"cdn": True}, {"token": "t" * 129},
-    {"sessionDuration": -5}, {"customer": None},
+    {"cdn": -1},
+    {"p2p": 10**12 + 1},
+    {"sessionDuration": "30000"},
+    {"timespan": 1.5},
+    {"customer": ""},
+    {"content": "bad\x00name"},
+    {"cdn": True},
+    {"token": "t" * 129},
+    {"sessionDuration": -5},
+    {"customer": None},
 ]
 # Payloads sent near a window boundary use these pairs, so that the rows of
 # the others hold (almost) only payloads whose window is certain.
@@ -120,10 +127,14 @@ class Load:
         token = body["token"]
         short = body["sessionDuration"] < self.length * 1000
         remembered = token in self.seen
-        starts = short and token not in self.started and (
-            not remembered or body["cdn"] + body["p2p"] == 0)
-        uncertain = (short and remembered and not starts
-                     and t_after - self.seen[token] >= 2 * self.length)
+        starts = (
+            short
+            and token not in self.started
+            and (not remembered or body["cdn"] + body["p2p"] == 0)
+        )
+        uncertain = (
+            short and remembered and not starts and t_after - self.seen[token] >= 2 * self.length
+        )
         self.seen[token] = t_before
         if starts:
             self.started.add(token)
@@ -138,8 +149,11 @@ class Load:
             total[i] += v
         self.uncertain_sessions[pair] += uncertain
         k1, k2 = math.floor(t_before / self.length), math.floor(t_after / self.length)
-        inside = (k1 == k2 and t_before - k1 * self.length > self.job.margin
-                  and (k1 + 1) * self.length - t_after > self.job.margin)
+        inside = (
+            k1 == k2
+            and t_before - k1 * self.length > self.job.margin
+            and (k1 + 1) * self.length - t_after > self.job.margin
+        )
         if inside and not uncertain:
             row = self.inside[((k1 + 1) * self.length, *pair)]
             for i, v in enumerate(amounts):
@@ -161,8 +175,12 @@ class Load:
         """
         conn = http.client.HTTPConnection("127.0.0.1", self.job.port, timeout=10)
         try:
-            conn.request("POST", "/stats", body=json.dumps(body).encode(),
-                         headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/stats",
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             response = conn.getresponse()
             data = response.read()
         finally:
@@ -254,9 +272,15 @@ class Load:
         return self.rng.randrange(1, 10**8)
 
     def payload(self, token: str, pair: tuple[str, str], duration: int) -> dict[str, Any]:
-        return {"token": token, "customer": pair[0], "content": pair[1],
-                "timespan": self.rng.randrange(0, 60_000), "p2p": self.bytes_(),
-                "cdn": self.bytes_(), "sessionDuration": duration}
+        return {
+            "token": token,
+            "customer": pair[0],
+            "content": pair[1],
+            "timespan": self.rng.randrange(0, 60_000),
+            "p2p": self.bytes_(),
+            "cdn": self.bytes_(),
+            "sessionDuration": duration,
+        }
 
     def run(self) -> dict[str, Any]:
         rng, length = self.rng, self.length
@@ -273,7 +297,8 @@ class Load:
             # A session idle for half a window ends: the service must remember a
             # token for 2 windows, so the expected sessions never depend on forgetting.
             active = sessions[near_edge] = [
-                s for s in sessions[near_edge] if s["left"] > 0 and now - s["at"] < length / 2]
+                s for s in sessions[near_edge] if s["left"] > 0 and now - s["at"] < length / 2
+            ]
             roll = rng.random()
             if roll < 0.04:
                 token = self.token()
@@ -296,11 +321,15 @@ class Load:
             else:
                 session = {
                     "token": spare_tokens.pop() if spare_tokens else self.token(),
-                    "pair": (rng.choice(EDGE_PAIRS) if near_edge
-                             else (rng.choice(CUSTOMERS), rng.choice(CONTENTS))),
+                    "pair": (
+                        rng.choice(EDGE_PAIRS)
+                        if near_edge
+                        else (rng.choice(CUSTOMERS), rng.choice(CONTENTS))
+                    ),
                     "left": rng.randrange(1, 12),
-                    "duration": rng.choice([0, 1, length * 500, length * 1000 - 1,
-                                            length * 1000, 30_000, 3_600_000]),
+                    "duration": rng.choice(
+                        [0, 1, length * 500, length * 1000 - 1, length * 1000, 30_000, 3_600_000]
+                    ),
                     "at": now,
                 }
                 active.append(session)
@@ -350,8 +379,9 @@ class Service:
         self.workdir = workdir
         self.port = free_port()
         self.database_url = with_search_path(args.database_url, self.schema)
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("STATS_", "GUNICORN_"))}
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("STATS_", "GUNICORN_"))
+        }
         self.env.update(
             REDIS_URL=args.redis_url,
             DATABASE_URL=self.database_url,
@@ -381,8 +411,14 @@ class Service:
             conn.close()
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*COMMAND, *args], env=self.env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [*COMMAND, *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def _log(self, name: str):
         return (self.workdir / f"{name}.log").open("ab")
@@ -390,10 +426,19 @@ class Service:
     def start_web(self) -> None:
         with self._log("web") as log:
             self.web = subprocess.Popen(
-                [*COMMAND, "web", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", str(self.args.workers)],
-                env={**self.env, "STATS_LOG_LEVEL": "WARNING"}, cwd=ROOT, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    *COMMAND,
+                    "web",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--workers",
+                    str(self.args.workers),
+                ],
+                env={**self.env, "STATS_LOG_LEVEL": "WARNING"},
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -416,8 +461,9 @@ class Service:
         self.failpoint = failpoint
         env = {**self.env, "STATS_FAILPOINT": failpoint} if failpoint else self.env
         with self._log("scheduler") as log:
-            self.scheduler = subprocess.Popen([*COMMAND, "scheduler"], env=env, cwd=ROOT,
-                                              stdout=log, stderr=subprocess.STDOUT)
+            self.scheduler = subprocess.Popen(
+                [*COMMAND, "scheduler"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def snapshots(self) -> set[bytes]:
         """The pending snapshots (``FLUSHID:k``) of every shard."""
@@ -469,8 +515,10 @@ class Service:
         conn = psycopg2.connect(self.database_url)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT extract(epoch FROM time)::bigint, customer, content, "
-                            "cdn, p2p, sessions FROM stats")
+                cur.execute(
+                    "SELECT extract(epoch FROM time)::bigint, customer, content, "
+                    "cdn, p2p, sessions FROM stats"
+                )
                 rows = cur.fetchall()
         finally:
             conn.close()
@@ -521,8 +569,9 @@ def merge(results: list[dict[str, Any]], name: str) -> dict[tuple, list[int]]:
     return merged
 
 
-def compare(results: list[dict[str, Any]], rows: dict[tuple, tuple[int, int, int]]
-            ) -> tuple[list[str], Counter[str]]:
+def compare(
+    results: list[dict[str, Any]], rows: dict[tuple, tuple[int, int, int]]
+) -> tuple[list[str], Counter[str]]:
     """Mismatches between ``stats`` and the ledger, and figures of the check."""
     problems: list[str] = []
     figures: Counter[str] = Counter()
@@ -543,9 +592,10 @@ def compare(results: list[dict[str, Any]], rows: dict[tuple, tuple[int, int, int
         want, got = totals.get(pair, [0, 0, 0]), found.get(pair, [0, 0, 0])
         sessions_ok = want[2] <= got[2] <= want[2] + uncertain[pair]
         if want[:2] != got[:2] or not sessions_ok:
-            problems.append(f"total {pair}: stats has cdn/p2p/sessions {got}, ledger {want}"
-                            + (f" (+{uncertain[pair]} uncertain sessions)" if uncertain[pair]
-                               else ""))
+            problems.append(
+                f"total {pair}: stats has cdn/p2p/sessions {got}, ledger {want}"
+                + (f" (+{uncertain[pair]} uncertain sessions)" if uncertain[pair] else "")
+            )
         figures["pairs"] += 1
 
     # Per window: exact without boundary payloads, bounded with them.
@@ -560,8 +610,10 @@ def compare(results: list[dict[str, Any]], rows: dict[tuple, tuple[int, int, int
             figures["windows_exact"] += 1
             ok = got == low
         if not ok:
-            problems.append(f"window {key}: stats has cdn/p2p/sessions {got}, ledger "
-                            + (f"between {low} and {high}" if key in maybe else f"{low}"))
+            problems.append(
+                f"window {key}: stats has cdn/p2p/sessions {got}, ledger "
+                + (f"between {low} and {high}" if key in maybe else f"{low}")
+            )
     return problems, figures
 
 
@@ -574,21 +626,36 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=4, help="load processes [4]")
     p.add_argument("--window", type=int, default=2, help="STATS_WINDOW_SECONDS [2]")
     p.add_argument("--seed", type=int, help="random seed [random, printed]")
-    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"),
-                   help="Redis to use [REDIS_URL]")
-    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                   help="PostgreSQL to use [DATABASE_URL]")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the Redis keys, the PostgreSQL schema and the logs")
+    p.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL"), help="Redis to use [REDIS_URL]"
+    )
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="PostgreSQL to use [DATABASE_URL]",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the Redis keys, the PostgreSQL schema and the logs",
+    )
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers [2]")
     p.add_argument("--shards", type=int, default=4, help="STATS_SHARDS [4]")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="payloads per second per load process; 0: as fast as answered [0]")
-    p.add_argument("--kill-every", type=float, default=3.0,
-                   help="mean seconds between scheduler SIGKILLs [3]")
-    p.add_argument("--margin", type=float, default=0.1,
-                   help="seconds from a window boundary within which a payload's window "
-                        "is ambiguous [0.1]")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="payloads per second per load process; 0: as fast as answered [0]",
+    )
+    p.add_argument(
+        "--kill-every", type=float, default=3.0, help="mean seconds between scheduler SIGKILLs [3]"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        help="seconds from a window boundary within which a payload's window is ambiguous [0.1]",
+    )
     args = p.parse_args(argv)
     if not args.redis_url or not args.database_url:
         p.error("set --redis-url and --database-url (or REDIS_URL and DATABASE_URL)")
@@ -604,9 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     run_id = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     service = Service(args, run_id, workdir)
-    print(f"soak: seed {seed}, {args.duration:g} s, {args.processes} load processes, "
-          f"window {args.window} s, prefix {service.prefix}, schema {service.schema}, "
-          f"logs {workdir}", flush=True)
+    print(
+        f"soak: seed {seed}, {args.duration:g} s, {args.processes} load processes, "
+        f"window {args.window} s, prefix {service.prefix}, schema {service.schema}, "
+        f"logs {workdir}",
+        flush=True,
+    )
     problems: list[str] = []
     ok = False
     service.create_schema()
@@ -617,8 +687,19 @@ def main(argv: list[str] | None = None) -> int:
         service.start_web()
 
         stop_at = time.time() + args.duration
-        jobs = [Job(i, rng.randrange(2**32), service.port, stop_at, args.window, args.rate,
-                    args.margin, run_id) for i in range(args.processes)]
+        jobs = [
+            Job(
+                i,
+                rng.randrange(2**32),
+                service.port,
+                stop_at,
+                args.window,
+                args.rate,
+                args.margin,
+                run_id,
+            )
+            for i in range(args.processes)
+        ]
         context = multiprocessing.get_context("spawn")
         with context.Pool(args.processes) as pool:
             pending = pool.map_async(run_load, jobs)
@@ -626,16 +707,21 @@ def main(argv: list[str] | None = None) -> int:
             # dies at a failpoint of a flush (then it is waited for, up to 30 s).
             # The first round crashes at every failpoint, after_commit first, before
             # any SIGKILL, so that even a short run goes through each of them.
-            lives = sorted(rng.sample(LIVES, len(LIVES)),
-                           key=lambda life: (life is not None, life == "after_commit"))
+            lives = sorted(
+                rng.sample(LIVES, len(LIVES)),
+                key=lambda life: (life is not None, life == "after_commit"),
+            )
             while not pending.ready():
                 if not lives:
                     lives = rng.sample(LIVES, len(LIVES))
                 service.start_scheduler(lives.pop())
                 if service.failpoint:
                     started = time.monotonic()
-                    while (service.scheduler.poll() is None and not pending.ready()
-                           and time.monotonic() - started < 30):
+                    while (
+                        service.scheduler.poll() is None
+                        and not pending.ready()
+                        and time.monotonic() - started < 30
+                    ):
                         pending.wait(0.1)
                 else:
                     pending.wait(rng.expovariate(1 / args.kill_every))
@@ -659,9 +745,19 @@ def main(argv: list[str] | None = None) -> int:
         leftovers = service.leftover_keys()
         if leftovers:
             problems.append(f"{len(leftovers)} keys still buffered in Redis: {leftovers[:5]}")
-        failed_requests = sum(counts[name] for name in (
-            "server_errors", "unanswered", "valid_rejected", "bad_answers", "retries_counted",
-            "new_payload_duplicate", "invalid_accepted", "bad_rejections"))
+        failed_requests = sum(
+            counts[name]
+            for name in (
+                "server_errors",
+                "unanswered",
+                "valid_rejected",
+                "bad_answers",
+                "retries_counted",
+                "new_payload_duplicate",
+                "invalid_accepted",
+                "bad_rejections",
+            )
+        )
         mismatches = len(problems) + failed_requests
 
         for line in request_errors[:10]:
@@ -673,18 +769,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"duplicates: {counts['duplicates']} (answers to {counts['retries']} retries)")
         print(f"rejected: {counts['rejected']} (invalid payloads, 4xx)")
         print(f"boundary payloads: {counts['boundary']} (window checked within bounds)")
-        print(f"failed requests: {failed_requests} (5xx: {counts['server_errors']}, "
-              f"retries counted: {counts['retries_counted']}, "
-              f"invalid accepted: {counts['invalid_accepted']}, "
-              f"unanswered: {counts['unanswered']}); retried after a 503: "
-              f"{counts['unavailable']}, after no answer: {counts['no_answer']}")
-        print(f"scheduler kills: {service.kills} ({service.kills_mid_flush} left a snapshot), "
-              f"failpoint exits: {sum(service.failpoint_exits.values())} "
-              f"{dict(sorted(service.failpoint_exits.items()))}")
-        print(f"rows: {len(rows)} in {len({k[0] for k in rows})} windows; "
-              f"{figures['windows_exact']} (window, customer, content) checked exactly, "
-              f"{figures['windows_bounded']} within bounds; {figures['pairs']} "
-              f"(customer, content) totals checked exactly")
+        print(
+            f"failed requests: {failed_requests} (5xx: {counts['server_errors']}, "
+            f"retries counted: {counts['retries_counted']}, "
+            f"invalid accepted: {counts['invalid_accepted']}, "
+            f"unanswered: {counts['unanswered']}); retried after a 503: "
+            f"{counts['unavailable']}, after no answer: {counts['no_answer']}"
+        )
+        print(
+            f"scheduler kills: {service.kills} ({service.kills_mid_flush} left a snapshot), "
+            f"failpoint exits: {sum(service.failpoint_exits.values())} "
+            f"{dict(sorted(service.failpoint_exits.items()))}"
+        )
+        print(
+            f"rows: {len(rows)} in {len({k[0] for k in rows})} windows; "
+            f"{figures['windows_exact']} (window, customer, content) checked exactly, "
+            f"{figures['windows_bounded']} within bounds; {figures['pairs']} "
+            f"(customer, content) totals checked exactly"
+        )
         print(f"mismatches: {mismatches}", flush=True)
         ok = mismatches == 0
     finally:

@@ -81,8 +81,7 @@ def live_rows(
             if (customer is None or cu == customer) and (content is None or co == content):
                 pipe.hmget(keys.counters(shard, k, ident), k_.COUNTER_FIELDS)
                 if flush_id is not None:
-                    pipe.hmget(keys.snapshot_counters(shard, flush_id, k, ident),
-                               k_.COUNTER_FIELDS)
+                    pipe.hmget(keys.snapshot_counters(shard, flush_id, k, ident), k_.COUNTER_FIELDS)
     replies = iter(pipe.execute())
     sums: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for (_, k, flush_id), idents in zip(sources, members, strict=True):

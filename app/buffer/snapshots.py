@@ -68,8 +68,12 @@ def freeze(redis: Redis, scripts: Scripts, config: Config, snapshot: Snapshot) -
     s, k, f = snapshot.shard, snapshot.k, snapshot.flush_id
     return int(
         scripts.freeze(
-            keys=[keys.windows(s), keys.index(s, k), keys.snapshots(s),
-                  keys.snapshot_list(s, f, k)],
+            keys=[
+                keys.windows(s),
+                keys.index(s, k),
+                keys.snapshots(s),
+                keys.snapshot_list(s, f, k),
+            ],
             args=[k, snapshot.field],
         )
     )
@@ -127,9 +131,16 @@ def read_snapshot(
             if not fields:
                 continue
             customer, content = k_.decode_ident(ident)
-            rows.append(Row(customer, content, int(fields.get(k_.CDN, 0)),
-                            int(fields.get(k_.P2P, 0)), int(fields.get(k_.SESSIONS, 0)),
-                            int(fields.get(k_.PAYLOADS, 0))))
+            rows.append(
+                Row(
+                    customer,
+                    content,
+                    int(fields.get(k_.CDN, 0)),
+                    int(fields.get(k_.P2P, 0)),
+                    int(fields.get(k_.SESSIONS, 0)),
+                    int(fields.get(k_.PAYLOADS, 0)),
+                )
+            )
         yield rows
 
 

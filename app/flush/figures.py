@@ -15,8 +15,9 @@ from ..buffer.keys import Keys
 from ..config import Config
 
 
-def record_flush(redis: Redis, config: Config, *, ok: bool, rows: int = 0,
-                 duration: float = 0.0) -> None:
+def record_flush(
+    redis: Redis, config: Config, *, ok: bool, rows: int = 0, duration: float = 0.0
+) -> None:
     """Count one scheduled run; never raises (figures are best effort)."""
     name = Keys(config.key_prefix).flush_stats()
     try:

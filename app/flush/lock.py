@@ -58,8 +58,13 @@ def flush_with_lock(
 
     try:
         return flush_once(
-            redis, pool, config, clock,
-            scripts=scripts, failpoint=failpoint, on_progress=extend,
+            redis,
+            pool,
+            config,
+            clock,
+            scripts=scripts,
+            failpoint=failpoint,
+            on_progress=extend,
         )
     finally:
         if not lost:

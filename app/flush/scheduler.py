@@ -60,8 +60,12 @@ class FlushJob:
                 migrate(self.pool)
                 self.schema_ready = True
             report = flush_with_lock(
-                self.redis, self.pool, self.config, self.clock,
-                scripts=self.scripts, failpoint=self.failpoint,
+                self.redis,
+                self.pool,
+                self.config,
+                self.clock,
+                scripts=self.scripts,
+                failpoint=self.failpoint,
             )
         except (psycopg2.Error, RedisError) as exc:
             logger.error("flush_failed", extra={"reason": one_line(exc)})
@@ -71,15 +75,21 @@ class FlushJob:
             record_flush(self.redis, self.config, ok=False)
         else:
             if report is not None:
-                record_flush(self.redis, self.config, ok=True, rows=report.rows,
-                                     duration=report.duration_seconds)
+                record_flush(
+                    self.redis,
+                    self.config,
+                    ok=True,
+                    rows=report.rows,
+                    duration=report.duration_seconds,
+                )
 
 
 class RetentionJob:
     """Once a day: delete stats rows older than STATS_RETENTION_DAYS."""
 
-    def __init__(self, pool: ThreadedConnectionPool, config: Config,
-                 clock: Clock = time.time) -> None:
+    def __init__(
+        self, pool: ThreadedConnectionPool, config: Config, clock: Clock = time.time
+    ) -> None:
         self.pool = pool
         self.config = config
         self.clock = clock

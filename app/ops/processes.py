@@ -21,8 +21,9 @@ def supervise(commands: Sequence[Sequence[str]], env: Mapping[str, str] | None =
     Returns 0 after a requested stop, else the exit code of the child that
     stopped on its own.
     """
-    procs = [subprocess.Popen(list(cmd), env=dict(env) if env is not None else None)
-             for cmd in commands]
+    procs = [
+        subprocess.Popen(list(cmd), env=dict(env) if env is not None else None) for cmd in commands
+    ]
     stop_requested_at: float | None = None
     exit_code = 0
 
@@ -44,12 +45,15 @@ def supervise(commands: Sequence[Sequence[str]], env: Mapping[str, str] | None =
             for p, cmd in zip(procs, commands, strict=True):
                 code = p.poll()
                 if code is not None and stop_requested_at is None:
-                    logger.error("process_exited", extra={"command": " ".join(cmd[2:]),
-                                                          "code": code})
+                    logger.error(
+                        "process_exited", extra={"command": " ".join(cmd[2:]), "code": code}
+                    )
                     exit_code = code or 1
                     stop_all()
-            if (stop_requested_at is not None
-                    and time.monotonic() - stop_requested_at > STOP_TIMEOUT_SECONDS):
+            if (
+                stop_requested_at is not None
+                and time.monotonic() - stop_requested_at > STOP_TIMEOUT_SECONDS
+            ):
                 for p in procs:
                     if p.poll() is None:
                         p.kill()

@@ -39,9 +39,13 @@ def render(rows: list[LiveRow], config: Config, now: float, limit: int) -> Group
     for r in rows[:limit]:
         share = r.p2p_share
         table.add_row(
-            r.customer, r.content, _bytes(r.cdn), _bytes(r.p2p),
+            r.customer,
+            r.content,
+            _bytes(r.cdn),
+            _bytes(r.p2p),
             "-" if share is None else f"{100 * share:.1f}%",
-            str(r.sessions), f"{r.payloads / elapsed:.1f}",
+            str(r.sessions),
+            f"{r.payloads / elapsed:.1f}",
         )
     total = len(rows)
     footer = Text(f"{min(limit, total)} of {total} customer/content pairs", style="dim")

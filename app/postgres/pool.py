@@ -20,7 +20,10 @@ Connection = psycopg2.extensions.connection
 def create_pool(database_url: str, maxconn: int = 4) -> ThreadedConnectionPool:
     """A pool that connects lazily: creating it never touches the network."""
     return ThreadedConnectionPool(
-        0, maxconn, database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        0,
+        maxconn,
+        database_url,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
         application_name="payload-stats",
     )
 

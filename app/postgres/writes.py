@@ -37,7 +37,10 @@ def claim(conn: Connection, window_end: datetime, snapshots: Iterable[Snapshot])
     ids = sorted({s.id for s in snapshots})
     with conn.cursor() as cur:
         owned = execute_values(
-            cur, sql("claim_snapshots"), [(i, window_end) for i in ids], fetch=True,
+            cur,
+            sql("claim_snapshots"),
+            [(i, window_end) for i in ids],
+            fetch=True,
             page_size=max(1, len(ids)),
         )
     return {row[0] for row in owned}

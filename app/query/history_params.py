@@ -109,11 +109,10 @@ def parse_query(args: dict[str, str]) -> Query:
     if errors:
         raise QueryError(errors)
     if args.get("cursor"):
-        values["after"] = _decode_cursor(args["cursor"], values.get("group_by"),
-                                         values.get("bucket"))
+        values["after"] = _decode_cursor(
+            args["cursor"], values.get("group_by"), values.get("bucket")
+        )
     query = Query(**values)
     if query.start and query.end and query.start > query.end:
         raise QueryError({"from": ["Must not be later than 'to'."]})
     return query
-
-

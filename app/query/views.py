@@ -55,8 +55,9 @@ def get_history():
             row["customer"] = customer
         if by_content:
             row["content"] = content
-        row.update(cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads,
-                   p2p_share=_share(cdn, p2p))
+        row.update(
+            cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads, p2p_share=_share(cdn, p2p)
+        )
         out.append(row)
     return jsonify(rows=out, next=cursor)
 
@@ -67,23 +68,26 @@ def get_live():
     require_bearer(services.config.api_token)
     try:
         rows = live.live_rows(
-            services.redis, services.config,
+            services.redis,
+            services.config,
             customer=request.args.get("customer") or None,
             content=request.args.get("content") or None,
         )
     except RedisError as exc:
         logger.warning("redis_unavailable", extra={"reason": str(exc)})
         raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
-    return jsonify(rows=[
-        {
-            "time": _iso(datetime.fromtimestamp(r.time, tz=timezone.utc)),
-            "customer": r.customer,
-            "content": r.content,
-            "cdn": r.cdn,
-            "p2p": r.p2p,
-            "sessions": r.sessions,
-            "payloads": r.payloads,
-            "p2p_share": _share(r.cdn, r.p2p),
-        }
-        for r in rows
-    ])
+    return jsonify(
+        rows=[
+            {
+                "time": _iso(datetime.fromtimestamp(r.time, tz=timezone.utc)),
+                "customer": r.customer,
+                "content": r.content,
+                "cdn": r.cdn,
+                "p2p": r.p2p,
+                "sessions": r.sessions,
+                "payloads": r.payloads,
+                "p2p_share": _share(r.cdn, r.p2p),
+            }
+            for r in rows
+        ]
+    )

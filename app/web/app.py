@@ -77,8 +77,9 @@ def _instrument(app: Flask, m: Metrics) -> None:
         if started is not None:
             # The route pattern, not the path: unknown paths must not create series.
             endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-            m.observe_request(endpoint, request.method, str(response.status_code),
-                              time.perf_counter() - started)
+            m.observe_request(
+                endpoint, request.method, str(response.status_code), time.perf_counter() - started
+            )
         if response.status_code >= 400 and request.endpoint in ingest_views.ENDPOINTS:
             m.rejected.labels(g.get("error_code", str(response.status_code))).inc()
         return response

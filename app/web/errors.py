@@ -71,8 +71,7 @@ class InvalidBatchItems(APIError):
     def __init__(self, errors: dict[str, Any], total: int) -> None:
         items = ", ".join(sorted(errors, key=int))
         super().__init__(
-            f"{len(errors)} of {total} payloads are invalid (items {items}); "
-            "nothing was written.",
+            f"{len(errors)} of {total} payloads are invalid (items {items}); nothing was written.",
             errors=errors,
         )
 

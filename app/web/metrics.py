@@ -50,7 +50,8 @@ class Metrics:
         # collide in the global one. Multiprocess values go to files anyway.
         self.registry = CollectorRegistry(auto_describe=True)
         self.accepted = Counter(
-            "payload_stats_payloads_accepted_total", "Payloads counted.",
+            "payload_stats_payloads_accepted_total",
+            "Payloads counted.",
             registry=self.registry,
         )
         self.duplicates = Counter(
@@ -59,12 +60,16 @@ class Metrics:
             registry=self.registry,
         )
         self.rejected = Counter(
-            "payload_stats_payloads_rejected_total", "Requests rejected, by reason.",
-            ["reason"], registry=self.registry,
+            "payload_stats_payloads_rejected_total",
+            "Requests rejected, by reason.",
+            ["reason"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "payload_stats_request_duration_seconds", "Request latency.",
-            ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS,
+            "payload_stats_request_duration_seconds",
+            "Request latency.",
+            ["endpoint", "method", "status"],
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self._latency_children: dict[tuple[str, str, str], Histogram] = {}
@@ -121,20 +126,24 @@ class FlushCollector:
             family = CounterMetricFamily(name, text)
             family.add_metric([], figures.get(field, 0.0))
             yield family
-        duration = GaugeMetricFamily("payload_stats_flush_duration_seconds",
-                                     "Duration of the last successful flush.")
+        duration = GaugeMetricFamily(
+            "payload_stats_flush_duration_seconds", "Duration of the last successful flush."
+        )
         duration.add_metric([], figures.get("last_duration", 0.0))
         yield duration
-        last = GaugeMetricFamily("payload_stats_flush_last_success_timestamp_seconds",
-                                 "Unix time of the last successful flush (0: none yet).")
+        last = GaugeMetricFamily(
+            "payload_stats_flush_last_success_timestamp_seconds",
+            "Unix time of the last successful flush (0: none yet).",
+        )
         last.add_metric([], figures.get("last_success", 0.0))
         yield last
 
         now = self.clock()
         length = self.config.window_seconds
         closed = [k for k in pending if window_end(k, length) <= now]
-        windows = GaugeMetricFamily("payload_stats_windows_pending",
-                                    "Closed windows still in Redis, not yet in PostgreSQL.")
+        windows = GaugeMetricFamily(
+            "payload_stats_windows_pending", "Closed windows still in Redis, not yet in PostgreSQL."
+        )
         windows.add_metric([], len(closed))
         yield windows
         age = GaugeMetricFamily(

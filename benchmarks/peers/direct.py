@@ -32,8 +32,13 @@ def add(pipe: Any, prefix: str, window: int, payload: Mapping[str, Any]) -> None
     pipe.sadd(f"{base}:tokens", payload["token"])
 
 
-def record(redis: Redis, prefix: str, window_seconds: int,
-           payloads: Iterable[Mapping[str, Any]], now: float) -> None:
+def record(
+    redis: Redis,
+    prefix: str,
+    window_seconds: int,
+    payloads: Iterable[Mapping[str, Any]],
+    now: float,
+) -> None:
     """Write ``payloads`` in one pipeline (the harness fills memory with it)."""
     window = int(now // window_seconds)
     pipe = redis.pipeline()

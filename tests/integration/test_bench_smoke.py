@@ -17,17 +17,39 @@ from benchmarks import report, runner
 from benchmarks.servers import WorkerSetup
 
 PEERS = ("project", "direct", "naive-pg", "bare")
-LOAD_KEYS = {"loader", "requests", "seconds", "rps", "payloads_per_s", "p50_ms", "p99_ms",
-             "non2xx", "errors", "slices", "worker_cpu_us", "redis_cpu_us"}
+LOAD_KEYS = {
+    "loader",
+    "requests",
+    "seconds",
+    "rps",
+    "payloads_per_s",
+    "p50_ms",
+    "p99_ms",
+    "non2xx",
+    "errors",
+    "slices",
+    "worker_cpu_us",
+    "redis_cpu_us",
+}
 
 
 def test_harness_smoke(redis_url, pg_schema, key_prefix):
     options = runner.Options(
-        duration=1, slice_seconds=1, warmup=0, connections=2, loader="python",
+        duration=1,
+        slice_seconds=1,
+        warmup=0,
+        connections=2,
+        loader="python",
         only=(*PEERS, "batch", "half-load", "flush", "memory"),
-        batch_size=20, flush_keys=(200,), memory_keys=300, memory_tokens=300,
+        batch_size=20,
+        flush_keys=(200,),
+        memory_keys=300,
+        memory_tokens=300,
         setup=WorkerSetup(workers=2),
-        redis_url=redis_url, database_url=pg_schema, key_prefix=key_prefix, own_schema=False,
+        redis_url=redis_url,
+        database_url=pg_schema,
+        key_prefix=key_prefix,
+        own_schema=False,
         log=lambda message: print(f"{time.monotonic():.1f} {message}"),
     )
     results = runner.run(options)
@@ -38,8 +60,11 @@ def test_harness_smoke(redis_url, pg_schema, key_prefix):
         assert load["loader"] == "python"
         assert load["requests"] > 0 and load["rps"] > 0, name
         assert load["p99_ms"] >= load["p50_ms"] > 0, name
-    for phase in (results["load"]["project"], results["batch"]["project"],
-                  results["half_load"]["project"]):
+    for phase in (
+        results["load"]["project"],
+        results["batch"]["project"],
+        results["half_load"]["project"],
+    ):
         assert phase["non2xx"] == 0 and phase["errors"] == 0
     batch = results["batch"]["project"]
     assert batch["payloads_per_s"] == pytest.approx(20 * batch["rps"], rel=0.01)
@@ -48,18 +73,29 @@ def test_harness_smoke(redis_url, pg_schema, key_prefix):
     [flush] = results["flush"]
     assert flush["keys"] == flush["rows"] == flush["copy_rows"] == 200
     assert flush["rows_per_s"] > 0 and flush["copy_rows_per_s"] > 0
-    assert set(results["memory"]) == {"project_per_key", "project_per_token",
-                                      "project_per_token_nodedup", "direct_per_key",
-                                      "direct_per_token"}
+    assert set(results["memory"]) == {
+        "project_per_key",
+        "project_per_token",
+        "project_per_token_nodedup",
+        "direct_per_key",
+        "direct_per_token",
+    }
     # INFO memory is the whole shared server's: only the per-key figure is sure.
-    assert all(m["count"] == 300 and m["memory_usage_per_item"] > 0
-               for m in results["memory"].values())
+    assert all(
+        m["count"] == 300 and m["memory_usage_per_item"] > 0 for m in results["memory"].values()
+    )
 
     table = report.rows(results)
     figures = {row.figure for row in table}
-    assert {"POST /stats req/s", "p99 latency at half the max rate",
-            "project non-2xx + socket errors"} <= figures
-    assert all(row.ratio is None or row.ratio >= 0 for row in table
-               if not row.figure.startswith("Redis bytes"))
+    assert {
+        "POST /stats req/s",
+        "p99 latency at half the max rate",
+        "project non-2xx + socket errors",
+    } <= figures
+    assert all(
+        row.ratio is None or row.ratio >= 0
+        for row in table
+        if not row.figure.startswith("Redis bytes")
+    )
     assert "POST /stats req/s" in report.text_table(table)
     json.dumps(results, default=str)  # what --json writes

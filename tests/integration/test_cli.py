@@ -58,9 +58,10 @@ def cli_config(config: Config) -> Config:
 def environment(config: Config, **extra: str) -> dict[str, str]:
     """The process environment of a command run with ``config``."""
     env = {
-        name: value for name, value in os.environ.items()
-        if not name.startswith(("STATS_", "GUNICORN_")) and name not in (
-            "REDIS_URL", "DATABASE_URL")
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("STATS_", "GUNICORN_"))
+        and name not in ("REDIS_URL", "DATABASE_URL")
     }
     env.update(
         REDIS_URL=config.redis_url,
@@ -79,8 +80,12 @@ def environment(config: Config, **extra: str) -> dict[str, str]:
 def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """``python -m app ARGS``; killed if it outlives ``timeout``."""
     return subprocess.run(
-        [sys.executable, "-m", "payload_stats", *args], env=dict(env), cwd=ROOT,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "payload_stats", *args],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -94,8 +99,13 @@ def parse_summary(stdout: str) -> dict[int, dict[str, int]]:
         m = WINDOW_LINE.fullmatch(line)
         assert m, f"unexpected flush output line: {line!r}"
         end = datetime.strptime(m[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-        windows[int(end.timestamp())] = dict(zip(
-            ("rows", "cdn", "p2p", "sessions", "payloads"), map(int, m.groups()[1:]), strict=True))
+        windows[int(end.timestamp())] = dict(
+            zip(
+                ("rows", "cdn", "p2p", "sessions", "payloads"),
+                map(int, m.groups()[1:]),
+                strict=True,
+            )
+        )
     assert len(windows) == int(head[1])
     assert sum(w["rows"] for w in windows.values()) == int(head[2])
     return windows
@@ -105,12 +115,19 @@ def populate(feeder: Feeder, base: int, windows: int, pairs: int, seed: int = 0)
     """``pairs`` (customer, content) pairs in each of ``windows`` closed 1 s windows."""
     rng = random.Random(seed)
     for w in range(windows):
-        feeder.send([
-            feeder.make(f"customer-{i % 3}", f"live/{i}", cdn=rng.randrange(10**9),
-                        p2p=rng.choice([0, rng.randrange(10**9)]),
-                        sessionDuration=rng.choice([0, 500, 999, 1000, 30_000]))
-            for i in range(pairs)
-        ], base + w + 0.5)
+        feeder.send(
+            [
+                feeder.make(
+                    f"customer-{i % 3}",
+                    f"live/{i}",
+                    cdn=rng.randrange(10**9),
+                    p2p=rng.choice([0, rng.randrange(10**9)]),
+                    sessionDuration=rng.choice([0, 500, 999, 1000, 30_000]),
+                )
+                for i in range(pairs)
+            ],
+            base + w + 0.5,
+        )
 
 
 def past_base(seconds_ago: int = 600) -> int:
@@ -148,7 +165,8 @@ def test_flush_prints_what_it_wrote(redis, pool, cli_config):
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
     assert parse_summary(done.stdout) == {
-        end: feeder.ledger.window_totals(end) for end in feeder.ledger.ends()}
+        end: feeder.ledger.window_totals(end) for end in feeder.ledger.ends()
+    }
     assert stats_rows(pool) == feeder.ledger.expected()
     assert_drained(redis, cli_config)
 
@@ -187,8 +205,10 @@ def test_flush_waits_for_end_plus_grace_on_the_real_clock(redis, pool, cli_confi
 
 @pytest.mark.parametrize(
     ("variable", "url", "server"),
-    [("DATABASE_URL", UNREACHABLE_DATABASE_URL, "PostgreSQL"),
-     ("REDIS_URL", UNREACHABLE_REDIS_URL, "Redis")],
+    [
+        ("DATABASE_URL", UNREACHABLE_DATABASE_URL, "PostgreSQL"),
+        ("REDIS_URL", UNREACHABLE_REDIS_URL, "Redis"),
+    ],
 )
 def test_flush_fails_in_one_line_when_a_server_is_down(
     redis, pool, cli_config, variable, url, server
@@ -213,10 +233,16 @@ def test_flush_fails_in_one_line_when_a_server_is_down(
 @pytest.mark.parametrize("shards", [1], ids=["1shard"])
 @pytest.mark.parametrize(
     ("command", "variable", "value"),
-    [("flush", "STATS_WINDOW_SECONDS", "abc"), ("init-db", "STATS_WINDOW_SECONDS", "abc"),
-     ("serve", "STATS_WINDOW_SECONDS", "abc"), ("scheduler", "STATS_WINDOW_SECONDS", "abc"),
-     ("flush", "STATS_SHARDS", "0"), ("flush", "STATS_FLUSH_GRACE_SECONDS", "-1"),
-     ("flush", "STATS_FAILPOINT", "everywhere"), ("flush", "REDIS_URL", "localhost:6379")],
+    [
+        ("flush", "STATS_WINDOW_SECONDS", "abc"),
+        ("init-db", "STATS_WINDOW_SECONDS", "abc"),
+        ("serve", "STATS_WINDOW_SECONDS", "abc"),
+        ("scheduler", "STATS_WINDOW_SECONDS", "abc"),
+        ("flush", "STATS_SHARDS", "0"),
+        ("flush", "STATS_FLUSH_GRACE_SECONDS", "-1"),
+        ("flush", "STATS_FAILPOINT", "everywhere"),
+        ("flush", "REDIS_URL", "localhost:6379"),
+    ],
 )
 def test_invalid_configuration_exits_2_naming_the_variable(
     redis, pool, cli_config, command, variable, value
@@ -276,9 +302,13 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
     codes, interrupted = [], 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        proc = subprocess.Popen([sys.executable, "-m", "payload_stats", "flush"], env=env,
-                                cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "payload_stats", "flush"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(rng.uniform(0.2, 1.2))
         finally:
@@ -287,8 +317,13 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
         interrupted += bool(snapshots.pending_snapshots(redis, cli_config))
         # Meanwhile payloads keep arriving, for flushed windows too.
         straggle = base + rng.randrange(10)
-        feeder.send([feeder.make("late", f"w{straggle}", cdn=rng.randrange(10**6), p2p=1)
-                     for _ in range(rng.randrange(1, 20))], straggle + 0.5)
+        feeder.send(
+            [
+                feeder.make("late", f"w{straggle}", cdn=rng.randrange(10**6), p2p=1)
+                for _ in range(rng.randrange(1, 20))
+            ],
+            straggle + 0.5,
+        )
 
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
@@ -352,7 +387,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> No
 
 def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
@@ -379,9 +416,21 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
     url = f"http://127.0.0.1:{port}/stats"
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "payload_stats", "serve", "--bind", f"127.0.0.1:{port}",
-         "--workers", "2"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "payload_stats",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     children: dict[int, str] = {}
     try:
@@ -394,12 +443,26 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
         sent = [
             README_PAYLOAD,  # sessionDuration 30 s >= the 2 s window: starts no session
             {**README_PAYLOAD, "cdn": 1, "p2p": 2, "sessionDuration": 60000},
-            payload(token="viewer-1", customer="acme-tv", content="live/channel-1",
-                    cdn=10, p2p=20, sessionDuration=500),
-            payload(token="viewer-2", customer="acme-tv", content="vod/a:b", cdn=0, p2p=0,
-                    sessionDuration=0, extra="ignored"),
-            payload(token="viewer-3", customer="other", content="live/channel-1",
-                    cdn=10**12, p2p=10**12),
+            payload(
+                token="viewer-1",
+                customer="acme-tv",
+                content="live/channel-1",
+                cdn=10,
+                p2p=20,
+                sessionDuration=500,
+            ),
+            payload(
+                token="viewer-2",
+                customer="acme-tv",
+                content="vod/a:b",
+                cdn=0,
+                p2p=0,
+                sessionDuration=0,
+                extra="ignored",
+            ),
+            payload(
+                token="viewer-3", customer="other", content="live/channel-1", cdn=10**12, p2p=10**12
+            ),
         ]
         now = time.time()
         if now % 2 > 1.0:  # all payloads in one window, far from its end

@@ -32,8 +32,10 @@ from tests.conftest import START, payload
 
 def _rows(database_url: str) -> list[tuple]:
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT extract(epoch FROM time)::bigint, customer, content, cdn, p2p, "
-                    "sessions, payloads FROM stats ORDER BY 1, 2, 3")
+        cur.execute(
+            "SELECT extract(epoch FROM time)::bigint, customer, content, cdn, p2p, "
+            "sessions, payloads FROM stats ORDER BY 1, 2, 3"
+        )
         return cur.fetchall()
 
 
@@ -45,11 +47,17 @@ def test_embedded_servers_buffer_survives_a_restart_and_flush_is_exact(tmp_path:
         assert cfg.redis_url.startswith("redis://127.0.0.1:")
         assert cfg.database_url.startswith("postgresql://")
         assert embedded.running_urls(config) == {
-            "redis_url": cfg.redis_url, "database_url": cfg.database_url,
+            "redis_url": cfg.redis_url,
+            "database_url": cfg.database_url,
         }
         redis = redis_client(cfg)
-        ingest.record(redis, Scripts(redis), cfg,
-                      [payload(cdn=7, p2p=3), payload(token="t2", cdn=1, p2p=0)], START)
+        ingest.record(
+            redis,
+            Scripts(redis),
+            cfg,
+            [payload(cdn=7, p2p=3), payload(token="t2", cdn=1, p2p=0)],
+            START,
+        )
         redis.close()
     # Stopped: the published URLs are gone, the data is not.
     assert embedded.running_urls(config) == {}
@@ -83,13 +91,23 @@ def _free_port() -> int:
 
 
 def _start_serve(workdir: Path, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "DATABASE_URL") and not k.startswith("STATS_")}
-    env.update(STATS_WINDOW_SECONDS="3", STATS_FLUSH_GRACE_SECONDS="0.5",
-               STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_WEB_WORKERS="2")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL") and not k.startswith("STATS_")
+    }
+    env.update(
+        STATS_WINDOW_SECONDS="3",
+        STATS_FLUSH_GRACE_SECONDS="0.5",
+        STATS_FLUSH_INTERVAL_SECONDS="0.5",
+        STATS_WEB_WORKERS="2",
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "payload_stats", "serve", "--bind", f"127.0.0.1:{port}"],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -114,8 +132,10 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def _post(port: int, body: dict) -> int:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/stats", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"http://127.0.0.1:{port}/stats",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.status

@@ -104,10 +104,27 @@ class OwnRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", "redis.log", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                "redis.log",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self.answers, 20, f"redis-server on port {self.port}", interval=0.05)
 
@@ -194,12 +211,28 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
     try:
         # Window k0: a few sessions; window k0 + 1: more, some continuing.
         for i in range(12):
-            accept(payload(token=f"t{i}", customer=f"c{i % 3}", content=f"m{i % 4}",
-                           cdn=1000 * i, p2p=7 * i, sessionDuration=[0, 500, 400_000][i % 3]))
+            accept(
+                payload(
+                    token=f"t{i}",
+                    customer=f"c{i % 3}",
+                    content=f"m{i % 4}",
+                    cdn=1000 * i,
+                    p2p=7 * i,
+                    sessionDuration=[0, 500, 400_000][i % 3],
+                )
+            )
         clock.now = START + length
         for i in range(6, 18):
-            accept(payload(token=f"t{i}", customer=f"c{i % 3}", content=f"m{i % 4}",
-                           cdn=i, p2p=0 if i % 2 else 3, sessionDuration=31_200 + i))
+            accept(
+                payload(
+                    token=f"t{i}",
+                    customer=f"c{i % 3}",
+                    content=f"m{i % 4}",
+                    cdn=i,
+                    p2p=0 if i % 2 else 3,
+                    sessionDuration=31_200 + i,
+                )
+            )
         # A flusher froze window k0 and died before writing it: a snapshot waits in Redis.
         clock.now = flush_time(end0, cfg) + 1
         with pytest.raises(Crash):
@@ -227,14 +260,20 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
         # the session of a token seen but never started (t8), and nothing for a token
         # whose session started before the restart (t9).
         accept(dict(sessions["t7"]), {"accepted": 0, "duplicates": 1})
-        accept(payload(token="t8", customer="c2", content="m0", cdn=0, p2p=0,
-                       sessionDuration=600))
-        accept(payload(token="t9", customer="c0", content="m1", cdn=0, p2p=0,
-                       sessionDuration=700))
+        accept(payload(token="t8", customer="c2", content="m0", cdn=0, p2p=0, sessionDuration=600))
+        accept(payload(token="t9", customer="c0", content="m1", cdn=0, p2p=0, sessionDuration=700))
         assert ledger.started >= {"t8", "t9"}
         for i in range(20, 30):
-            accept(payload(token=f"t{i}", customer=f"c{i % 3}", content=f"m{i % 4}",
-                           cdn=i * 11, p2p=i, sessionDuration=i * 10))
+            accept(
+                payload(
+                    token=f"t{i}",
+                    customer=f"c{i % 3}",
+                    content=f"m{i % 4}",
+                    cdn=i * 11,
+                    p2p=i,
+                    sessionDuration=i * 10,
+                )
+            )
 
         redis = Redis.from_url(own_redis.url)
         clock.now = flush_time(end1, cfg)
@@ -268,8 +307,14 @@ class TaggingClock:
 
 
 INVALID = [
-    {"cdn": -1}, {"p2p": 10**12 + 1}, {"sessionDuration": "30000"}, {"timespan": 1.5},
-    {"customer": ""}, {"content": "bad\x00name"}, {"cdn": True}, {"token": None},
+    {"cdn": -1},
+    {"p2p": 10**12 + 1},
+    {"sessionDuration": "30000"},
+    {"timespan": 1.5},
+    {"customer": ""},
+    {"content": "bad\x00name"},
+    {"cdn": True},
+    {"token": None},
 ]
 
 
@@ -313,8 +358,7 @@ class Poster(threading.Thread):
     def _bytes(self) -> int:
         return self.rng.choice([0, self.rng.randrange(1, 10**9), self.rng.randrange(1, 10**12)])
 
-    def _send(self, body: dict[str, Any], *, new: bool = True
-              ) -> tuple[int, Any, float | None]:
+    def _send(self, body: dict[str, Any], *, new: bool = True) -> tuple[int, Any, float | None]:
         """POST ``body``; (status, JSON answer, reception time of the counted attempt).
 
         A 503 (Redis slow: a shared server may stall) is retried, as a device
@@ -360,24 +404,40 @@ class Poster(threading.Thread):
                 session = rng.choice(active)
                 status, answer, _ = self._send(dict(session["last"]), new=False)
                 assert (status, answer) == (200, {"accepted": 0, "duplicates": 1}), (
-                    session["last"], answer)
+                    session["last"],
+                    answer,
+                )
                 self.counts["duplicates"] += 1
                 continue
             if active and (roll < 0.6 or len(active) >= 12):
                 session = rng.choice(active)
                 session["duration"] += rng.randrange(1, 800)
-                body = payload(token=session["token"], customer=session["pair"][0],
-                               content=session["pair"][1], cdn=self._bytes(), p2p=self._bytes(),
-                               sessionDuration=session["duration"])
+                body = payload(
+                    token=session["token"],
+                    customer=session["pair"][0],
+                    content=session["pair"][1],
+                    cdn=self._bytes(),
+                    p2p=self._bytes(),
+                    sessionDuration=session["duration"],
+                )
             else:
                 token = rejected_tokens.pop() if rejected_tokens else self._token()
                 pair = rng.choice(self.pairs)
-                session = {"token": token, "pair": pair, "left": rng.randrange(1, 7),
-                           "duration": rng.choice([0, 300, 999, 1000, 45_000])}
+                session = {
+                    "token": token,
+                    "pair": pair,
+                    "left": rng.randrange(1, 7),
+                    "duration": rng.choice([0, 300, 999, 1000, 45_000]),
+                }
                 active.append(session)
-                body = payload(token=token, customer=pair[0], content=pair[1],
-                               cdn=self._bytes(), p2p=self._bytes(),
-                               sessionDuration=session["duration"])
+                body = payload(
+                    token=token,
+                    customer=pair[0],
+                    content=pair[1],
+                    cdn=self._bytes(),
+                    p2p=self._bytes(),
+                    sessionDuration=session["duration"],
+                )
             status, answer, tag = self._send(body)
             assert (status, answer) == (200, {"accepted": 1, "duplicates": 0}), (body, answer)
             assert tag is not None
@@ -416,8 +476,13 @@ def unexpected_flush_failures(logs) -> list[str]:
 
 def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "payload_stats", "scheduler"], env=env,
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "payload_stats", "scheduler"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def show_logs(tmp_path: Path) -> None:
@@ -434,18 +499,25 @@ def close_last_window(poster: Poster, config: Config) -> None:
 
 
 def short_windows(config: Config, **changes: Any) -> Config:
-    return config.replace(window_seconds=1, flush_grace_seconds=0.2,
-                          flush_interval_seconds=0.2, flush_lock_seconds=1, **changes)
+    return config.replace(
+        window_seconds=1,
+        flush_grace_seconds=0.2,
+        flush_interval_seconds=0.2,
+        flush_lock_seconds=1,
+        **changes,
+    )
 
 
 def scheduler_env(config: Config) -> dict[str, str]:
-    return environment(config, STATS_FLUSH_INTERVAL_SECONDS=str(config.flush_interval_seconds),
-                       STATS_LOG_LEVEL="INFO", STATS_RETENTION_DAYS="0")
+    return environment(
+        config,
+        STATS_FLUSH_INTERVAL_SECONDS=str(config.flush_interval_seconds),
+        STATS_LOG_LEVEL="INFO",
+        STATS_RETENTION_DAYS="0",
+    )
 
 
-def test_three_schedulers_and_flush_commands_while_payloads_arrive(
-    config, pool, redis, tmp_path
-):
+def test_three_schedulers_and_flush_commands_while_payloads_arrive(config, pool, redis, tmp_path):
     cfg = short_windows(config)
     env = scheduler_env(cfg)
     seed = random.randrange(2**32)
@@ -463,8 +535,11 @@ def test_three_schedulers_and_flush_commands_while_payloads_arrive(
 
         # The schedulers were flushing too, not just the commands.
         close_last_window(poster, cfg)
-        wait_for(lambda: int(redis.hget(Keys(cfg.key_prefix).flush_stats(), "rows") or 0) > 0,
-                 30, "the schedulers to write rows")
+        wait_for(
+            lambda: int(redis.hget(Keys(cfg.key_prefix).flush_stats(), "rows") or 0) > 0,
+            30,
+            "the schedulers to write rows",
+        )
 
         for proc in schedulers:
             proc.send_signal(signal.SIGTERM)
@@ -475,9 +550,12 @@ def test_three_schedulers_and_flush_commands_while_payloads_arrive(
         assert stats_rows(pool) == poster.ledger.expected(), f"seed {seed}, {poster.counts}"
         assert_nothing_buffered(redis, cfg)
         assert unexpected_flush_failures(tmp_path.glob("scheduler-*.log")) == [], (
-            "a concurrent flush failed")
-        print(f"seed {seed}: {dict(poster.counts)}, {len(poster.ledger.ends())} windows, "
-              f"{len(flushes)} flush commands")
+            "a concurrent flush failed"
+        )
+        print(
+            f"seed {seed}: {dict(poster.counts)}, {len(poster.ledger.ends())} windows, "
+            f"{len(flushes)} flush commands"
+        )
     except BaseException:
         show_logs(tmp_path)
         raise
@@ -495,15 +573,17 @@ def pending_ids(redis: Redis, config: Config) -> set[str]:
 def committed(pool, ids: set[str]) -> set[str]:
     """Those of ``ids`` the PostgreSQL ledger holds: written, maybe not yet released."""
     with connection(pool) as conn, conn.cursor() as cur:
-        cur.execute("SELECT snapshot_id FROM flush_ledger WHERE snapshot_id = ANY(%s)",
-                    (list(ids),))
+        cur.execute(
+            "SELECT snapshot_id FROM flush_ledger WHERE snapshot_id = ANY(%s)", (list(ids),)
+        )
         found = {row[0] for row in cur.fetchall()}
         conn.rollback()
     return found
 
 
-def wait_for_flush_step(redis: Redis, pool, config: Config, before: set[str], step: str,
-                        timeout: float) -> None:
+def wait_for_flush_step(
+    redis: Redis, pool, config: Config, before: set[str], step: str, timeout: float
+) -> None:
     """Until a flush other than those of ``before`` has frozen a snapshot
     (``step="frozen"``) or committed one still in Redis (``"committed"``),
     or ``timeout``."""
@@ -515,9 +595,7 @@ def wait_for_flush_step(redis: Redis, pool, config: Config, before: set[str], st
         time.sleep(0.002)
 
 
-def test_scheduler_killed_at_random_instants_while_payloads_arrive(
-    config, pool, redis, tmp_path
-):
+def test_scheduler_killed_at_random_instants_while_payloads_arrive(config, pool, redis, tmp_path):
     # Batches of one counter hash: a flush takes many round trips, so kills land inside.
     cfg = short_windows(config, flush_batch_size=1)
     env = scheduler_env(cfg)
@@ -565,12 +643,15 @@ def test_scheduler_killed_at_random_instants_while_payloads_arrive(
         done = run_cli(env, "flush", timeout=60)
         assert done.returncode == 0, done.stderr
         assert stats_rows(pool) == poster.ledger.expected(), (
-            f"seed {seed}, kills {dict(kills)}, landed {dict(landed)}, {poster.counts}")
+            f"seed {seed}, kills {dict(kills)}, landed {dict(landed)}, {poster.counts}"
+        )
         assert_nothing_buffered(redis, cfg)
         assert landed["frozen"], f"no kill landed inside a flush (seed {seed}, {kills})"
         assert landed["committed"], f"no kill landed after a commit (seed {seed}, {kills})"
-        print(f"seed {seed}: {dict(poster.counts)}, {len(poster.ledger.ends())} windows, "
-              f"kills {dict(kills)}, left a snapshot {dict(landed)}")
+        print(
+            f"seed {seed}: {dict(poster.counts)}, {len(poster.ledger.ends())} windows, "
+            f"kills {dict(kills)}, left a snapshot {dict(landed)}"
+        )
     except BaseException:
         show_logs(tmp_path)
         raise

@@ -124,8 +124,14 @@ class Feeder:
         """A token never used before in this test."""
         return f"tok-{next(self._tokens)}"
 
-    def make(self, customer: str = "acme", content: str = "movie-1", cdn: int = 250,
-             p2p: int = 100, **overrides: Any) -> dict[str, Any]:
+    def make(
+        self,
+        customer: str = "acme",
+        content: str = "movie-1",
+        cdn: int = 250,
+        p2p: int = 100,
+        **overrides: Any,
+    ) -> dict[str, Any]:
         overrides.setdefault("token", self.token())
         return payload(customer=customer, content=content, cdn=cdn, p2p=p2p, **overrides)
 
@@ -187,8 +193,11 @@ def report_totals(report: FlushReport) -> dict[int, dict[str, int]]:
     """{window end: rows and sums written} of one flush."""
     return {
         int(w.end.timestamp()): {
-            "rows": w.written.rows, "cdn": w.written.cdn, "p2p": w.written.p2p,
-            "sessions": w.written.sessions, "payloads": w.written.payloads,
+            "rows": w.written.rows,
+            "cdn": w.written.cdn,
+            "p2p": w.written.p2p,
+            "sessions": w.written.sessions,
+            "payloads": w.written.payloads,
         }
         for w in report.windows
     }
@@ -205,11 +214,15 @@ def populate(feeder: Feeder, windows: int = 3, pairs: int = 20) -> list[int]:
         batch = []
         for i in range(pairs):
             for j in range(1 + i % 3):
-                batch.append(feeder.make(
-                    customer=f"cust-{i % 4}", content=f"content-{i}",
-                    cdn=rng.randrange(0, 10**9), p2p=0 if j == 2 else rng.randrange(0, 10**9),
-                    sessionDuration=rng.choice([0, 1200, 299_999, 300_000, 4_000_000]),
-                ))
+                batch.append(
+                    feeder.make(
+                        customer=f"cust-{i % 4}",
+                        content=f"content-{i}",
+                        cdn=rng.randrange(0, 10**9),
+                        p2p=0 if j == 2 else rng.randrange(0, 10**9),
+                        sessionDuration=rng.choice([0, 1200, 299_999, 300_000, 4_000_000]),
+                    )
+                )
         feeder.send(batch, now)
     return [end_of(K0 + w, feeder.config) for w in range(windows)]
 
@@ -244,11 +257,15 @@ def test_nothing_before_end_plus_grace_everything_at_it(client, redis, pool, con
     report = flush_once(redis, pool, config, clock)
     assert [w.end for w in report.windows] == [datetime.fromtimestamp(end, tz=timezone.utc)]
     assert report_totals(report) == {end: ledger.window_totals(end)}
-    assert stats_rows(pool) == ledger.expected(until_end=end) == {
-        (end, "acme", "movie-1"): (1500, 10, 1),
-        (end, "acme", "movie-2"): (0, 7, 1),
-        (end, "other", "movie-1"): (3, 4, 0),
-    }
+    assert (
+        stats_rows(pool)
+        == ledger.expected(until_end=end)
+        == {
+            (end, "acme", "movie-1"): (1500, 10, 1),
+            (end, "acme", "movie-2"): (0, 7, 1),
+            (end, "other", "movie-1"): (3, 4, 0),
+        }
+    )
 
     # Nothing more until the next window's end + grace.
     assert flush_once(redis, pool, config, clock).windows == []
@@ -263,8 +280,15 @@ def test_several_windows_each_row_at_its_window_end(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     first = K0 * 300
     # Boundaries: a window is [k*L, (k+1)*L), so k*L belongs to window k.
-    moments = [first, first + 299.999, first + 300, first + 600 - 0.001, first + 600,
-               first + 1000, first + 1499.5]
+    moments = [
+        first,
+        first + 299.999,
+        first + 300,
+        first + 600 - 0.001,
+        first + 600,
+        first + 1000,
+        first + 1499.5,
+    ]
     for i, now in enumerate(moments):
         feeder.send([feeder.make(cdn=10**i, p2p=i), feeder.make(content="shared", cdn=1)], now)
     assert feeder.ledger.ends() == [end_of(K0 + w, config) for w in range(5)]
@@ -280,10 +304,19 @@ def test_several_windows_each_row_at_its_window_end(redis, pool, config, clock):
 
 
 NAMES = [
-    ("a:b", "c"), ("a", "b:c"), ("1:a", "b"), ("1", "a:b"),
-    ("comma,customer", 'quote"content'), ("back\\slash", "\\."), ("\\N", "NULL"),
-    (" ", "  spaced  "), ("ÉCOLE", "日本語/ライブ"), ("emoji🎬", "🎬" * 256), ("x" * 256, "y"),
-    ("tab\tless", "semi;colon"), ("percent%s", "brace{0}"),
+    ("a:b", "c"),
+    ("a", "b:c"),
+    ("1:a", "b"),
+    ("1", "a:b"),
+    ("comma,customer", 'quote"content'),
+    ("back\\slash", "\\."),
+    ("\\N", "NULL"),
+    (" ", "  spaced  "),
+    ("ÉCOLE", "日本語/ライブ"),
+    ("emoji🎬", "🎬" * 256),
+    ("x" * 256, "y"),
+    ("tab\tless", "semi;colon"),
+    ("percent%s", "brace{0}"),
 ]
 
 
@@ -310,8 +343,10 @@ def test_many_pairs_cross_the_batch_size(redis, pool, config, clock):
 def test_sums_beyond_double_precision_are_exact(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     for _ in range(20):  # 10_000 payloads of ~1 TB: sums past 2**53
-        feeder.send([feeder.make(cdn=10**12, p2p=10**12 - 1, sessionDuration=300_000)
-                     for _ in range(500)], START)
+        feeder.send(
+            [feeder.make(cdn=10**12, p2p=10**12 - 1, sessionDuration=300_000) for _ in range(500)],
+            START,
+        )
     clock.now = flush_time(end_of(K0, config), config)
     flush_once(redis, pool, config, clock)
     expected = {(end_of(K0, config), "acme", "movie-1"): (10**16, 10**16 - 10_000, 0)}
@@ -324,17 +359,29 @@ def test_popular_content_from_all_shards_is_one_row(redis, pool, config, clock):
     tokens = [f"viewer-{i}" for i in range(200)]
     assert {shard_of(t, config.shards) for t in tokens} == set(range(config.shards))
     for i, token in enumerate(tokens):
-        feeder.send([feeder.make("broadcaster", "final", cdn=1000 + i, p2p=i, token=token)],
-                    START + i)
+        feeder.send(
+            [feeder.make("broadcaster", "final", cdn=1000 + i, p2p=i, token=token)], START + i
+        )
         # Keeps playing: 30 s later, same session, more bytes.
-        feeder.send([feeder.make("broadcaster", "final", cdn=7, p2p=3, token=token,
-                                 sessionDuration=31_200)], START + i + 30)
+        feeder.send(
+            [
+                feeder.make(
+                    "broadcaster", "final", cdn=7, p2p=3, token=token, sessionDuration=31_200
+                )
+            ],
+            START + i + 30,
+        )
 
     clock.now = flush_time(end_of(K0, config), config)
     report = flush_once(redis, pool, config, clock)
     end = end_of(K0, config)
-    expected = {(end, "broadcaster", "final"): (
-        sum(1000 + i for i in range(200)) + 7 * 200, sum(range(200)) + 3 * 200, 200)}
+    expected = {
+        (end, "broadcaster", "final"): (
+            sum(1000 + i for i in range(200)) + 7 * 200,
+            sum(range(200)) + 3 * 200,
+            200,
+        )
+    }
     assert feeder.ledger.expected() == expected
     assert stats_rows(pool) == expected
     assert report.windows[0].snapshots == config.shards
@@ -347,8 +394,13 @@ def test_popular_content_from_all_shards_is_one_row(redis, pool, config, clock):
 
 @pytest.mark.parametrize(
     ("point", "occurrence"),
-    [("after_freeze", 1), ("mid_batch", 1), ("mid_batch", 5), ("after_commit", 1),
-     ("after_commit", 2)],
+    [
+        ("after_freeze", 1),
+        ("mid_batch", 1),
+        ("mid_batch", 5),
+        ("after_commit", 1),
+        ("after_commit", 2),
+    ],
 )
 def test_crash_at_a_failpoint_then_flush(redis, pool, config, clock, point, occurrence):
     feeder = Feeder(redis, config)
@@ -374,8 +426,7 @@ def test_crash_at_a_failpoint_then_flush(redis, pool, config, clock, point, occu
     # The next run re-drives the crashed window (a no-op after a commit) and the rest.
     redriven = [e for e in ends if e > done[0] or (point == "after_commit" and e == done[0])]
     assert sorted(int(w.end.timestamp()) for w in report.windows) == redriven
-    assert report.rows == sum(feeder.ledger.window_totals(e)["rows"] for e in ends
-                              if e > done[0])
+    assert report.rows == sum(feeder.ledger.window_totals(e)["rows"] for e in ends if e > done[0])
     assert_drained(redis, config)
     assert flush_once(redis, pool, config, clock).windows == []
     assert stats_rows(pool) == feeder.ledger.expected()
@@ -412,11 +463,17 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
         if released:  # the second release dies half-way: some counters already gone
             keys = Keys(config_.key_prefix)
             first_batch = next(snapshots.read_snapshot(redis_, config_, snapshot))
-            redis_.unlink(*(
-                keys.snapshot_counters(snapshot.shard, snapshot.flush_id, snapshot.k,
-                                       encode_ident(r.customer, r.content))
-                for r in first_batch
-            ))
+            redis_.unlink(
+                *(
+                    keys.snapshot_counters(
+                        snapshot.shard,
+                        snapshot.flush_id,
+                        snapshot.k,
+                        encode_ident(r.customer, r.content),
+                    )
+                    for r in first_batch
+                )
+            )
             raise Crash("release")
         released.append(snapshot)
         real_release(redis_, config_, snapshot)
@@ -427,7 +484,8 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
     monkeypatch.setattr(snapshots, "release", real_release)
     # One shard: window 2 was committed before its release died; more: window 1 only.
     assert stats_rows(pool) == feeder.ledger.expected(
-        until_end=ends[0] if config.shards > 1 else None)
+        until_end=ends[0] if config.shards > 1 else None
+    )
 
     flush_once(redis, pool, config, clock)
     assert stats_rows(pool) == feeder.ledger.expected()
@@ -539,20 +597,28 @@ def test_stragglers_are_added_into_the_same_row(redis, pool, config, clock):
 
     # Received in window K0 (reception time), reaching Redis after its flush.
     late_token = feeder.token()
-    feeder.send([
-        feeder.make(cdn=5, p2p=6, token=late_token),
-        # Zero bytes, short duration, but the token already started its session.
-        feeder.make(cdn=0, p2p=0, token=late_token, sessionDuration=31_200),
-        feeder.make("new", "pair", cdn=3, p2p=0, sessionDuration=300_000),
-    ], end - 1)
+    feeder.send(
+        [
+            feeder.make(cdn=5, p2p=6, token=late_token),
+            # Zero bytes, short duration, but the token already started its session.
+            feeder.make(cdn=0, p2p=0, token=late_token, sessionDuration=31_200),
+            feeder.make("new", "pair", cdn=3, p2p=0, sessionDuration=300_000),
+        ],
+        end - 1,
+    )
     report = flush_once(redis, pool, config, clock)
-    assert report_totals(report) == {end: {
-        "rows": 2, "cdn": 8, "p2p": 6, "sessions": 1, "payloads": 3}}
-    assert stats_rows(pool) == feeder.ledger.expected() == {
-        (end, "acme", "movie-1"): (105, 16, 2),
-        (end, "b", "x"): (1, 1, 1),
-        (end, "new", "pair"): (3, 0, 0),
+    assert report_totals(report) == {
+        end: {"rows": 2, "cdn": 8, "p2p": 6, "sessions": 1, "payloads": 3}
     }
+    assert (
+        stats_rows(pool)
+        == feeder.ledger.expected()
+        == {
+            (end, "acme", "movie-1"): (105, 16, 2),
+            (end, "b", "x"): (1, 1, 1),
+            (end, "new", "pair"): (3, 0, 0),
+        }
+    )
     assert_drained(redis, config)
 
 
@@ -609,8 +675,9 @@ def test_replayed_snapshot_is_not_counted_twice(redis, pool, config, clock):
     assert len(snapshots.pending_snapshots(redis, config)) == len(committed)
 
     report = flush_once(redis, pool, config, clock)
-    assert report_totals(report) == {ends[0]: {
-        "rows": 0, "cdn": 0, "p2p": 0, "sessions": 0, "payloads": 0}}
+    assert report_totals(report) == {
+        ends[0]: {"rows": 0, "cdn": 0, "p2p": 0, "sessions": 0, "payloads": 0}
+    }
     assert stats_rows(pool) == feeder.ledger.expected()
     assert ledger_ids(pool) == committed
     assert_drained(redis, config)
@@ -665,11 +732,16 @@ def test_racing_flushers_while_payloads_keep_coming(redis, pool, config, clock, 
             i = 0
             while time.monotonic() < deadline:
                 now = clock.now
-                current = feeder.make(f"c{i % 3}", f"m{i % 5}", cdn=rng.randrange(10**6),
-                                      p2p=rng.choice([0, rng.randrange(10**6)]),
-                                      sessionDuration=rng.choice([1200, 400_000]))
-                previous = feeder.make(f"c{i % 2}", f"m{i % 4}", cdn=rng.randrange(10**6),
-                                       p2p=rng.randrange(10**6))
+                current = feeder.make(
+                    f"c{i % 3}",
+                    f"m{i % 5}",
+                    cdn=rng.randrange(10**6),
+                    p2p=rng.choice([0, rng.randrange(10**6)]),
+                    sessionDuration=rng.choice([1200, 400_000]),
+                )
+                previous = feeder.make(
+                    f"c{i % 2}", f"m{i % 4}", cdn=rng.randrange(10**6), p2p=rng.randrange(10**6)
+                )
                 feeder.send([current], now)
                 feeder.send([previous], now - length)  # often a flushed window
                 i += 1
@@ -707,8 +779,7 @@ def _backend_waiting_on_lock(database_url: str, pid: int, timeout: float = 10) -
         with admin.cursor() as cur:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                cur.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
-                            (pid,))
+                cur.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,))
                 row = cur.fetchone()
                 if row and row[0] == "Lock":
                     return
@@ -730,14 +801,14 @@ def test_concurrent_flushers_claiming_leftover_snapshots_do_not_deadlock(
     holding a ledger row the other waits for.
     """
     feeder = Feeder(redis, config)
-    on_shard_0 = (t for t in (f"s0-{i}" for i in itertools.count())
-                  if shard_of(t, config.shards) == 0)
+    on_shard_0 = (
+        t for t in (f"s0-{i}" for i in itertools.count()) if shard_of(t, config.shards) == 0
+    )
     end = end_of(K0, config)
     late = flush_time(end, config) + 100  # C's flush ids sort after A's
 
     def send(content: str) -> None:
-        feeder.send([feeder.make("acme", content, cdn=11, p2p=1, token=next(on_shard_0))],
-                    START)
+        feeder.send([feeder.make("acme", content, cdn=11, p2p=1, token=next(on_shard_0))], START)
 
     # Two crashed flushers (C1, C2) left a snapshot each of window K0.
     for content in ("one", "two"):
@@ -749,8 +820,7 @@ def test_concurrent_flushers_claiming_leftover_snapshots_do_not_deadlock(
     assert len(leftovers) == 2
     send("three")  # a straggler, frozen by A
 
-    pools = {name: RecordingPool(0, 2, config.database_url, connect_timeout=5)
-             for name in "AB"}
+    pools = {name: RecordingPool(0, 2, config.database_url, connect_timeout=5) for name in "AB"}
     outcome: dict[str, Any] = {}
     a_frozen = threading.Event()
 
@@ -760,8 +830,9 @@ def test_concurrent_flushers_claiming_leftover_snapshots_do_not_deadlock(
                 a_frozen.set()
 
         try:
-            outcome[name] = flush_once(redis, pools[name], config, FakeClock(now),
-                                       failpoint=failpoint)
+            outcome[name] = flush_once(
+                redis, pools[name], config, FakeClock(now), failpoint=failpoint
+            )
         except Exception as exc:  # reported by the test thread
             outcome[name] = exc
 
@@ -771,8 +842,10 @@ def test_concurrent_flushers_claiming_leftover_snapshots_do_not_deadlock(
     b = threading.Thread(target=run, args=("B", late))
     try:
         with holder.cursor() as cur:
-            cur.execute("INSERT INTO flush_ledger (snapshot_id, window_end) VALUES (%s, %s)",
-                        (leftovers[1].id, datetime.fromtimestamp(end, tz=timezone.utc)))
+            cur.execute(
+                "INSERT INTO flush_ledger (snapshot_id, window_end) VALUES (%s, %s)",
+                (leftovers[1].id, datetime.fromtimestamp(end, tz=timezone.utc)),
+            )
         a.start()
         assert a_frozen.wait(10)
         _backend_waiting_on_lock(database_url, _pid_of(pools["A"]))
@@ -851,8 +924,9 @@ def test_lock_lost_mid_flush_while_another_flusher_runs(redis, pool, config, clo
             assert b_frozen.wait(20)
 
     try:
-        a_report = flush_with_lock(redis, pool, short_lock if how == "expired" else config,
-                                   clock, failpoint=lose_lock)
+        a_report = flush_with_lock(
+            redis, pool, short_lock if how == "expired" else config, clock, failpoint=lose_lock
+        )
         assert lost_at
         assert a_report is not None
         held_by_b = redis.get(lock_key)
@@ -912,8 +986,9 @@ def test_concurrent_migrations_on_a_fresh_schema_apply_once(database_url):
     pools = [create_pool(with_search_path(database_url, schema), 1) for _ in range(4)]
     results: list[Any] = []
     try:
-        threads = [threading.Thread(target=lambda p=p: results.append(_try(migrate, p)))
-                   for p in pools]
+        threads = [
+            threading.Thread(target=lambda p=p: results.append(_try(migrate, p))) for p in pools
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -60,8 +60,7 @@ def as_json(row: Row, columns: Sequence[str] = ("customer", "content")) -> dict[
         out["customer"] = customer
     if "content" in columns:
         out["content"] = content
-    out.update(cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads,
-               p2p_share=share(cdn, p2p))
+    out.update(cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads, p2p_share=share(cdn, p2p))
     return out
 
 
@@ -69,14 +68,12 @@ def insert(pool, rows: Iterable[Row]) -> None:
     with connection(pool) as conn, conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) "
-            "VALUES %s",
+            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) VALUES %s",
             list(rows),
         )
 
 
-def select(pool, where: str = "TRUE", params: dict | None = None,
-           order: str = "ASC") -> list[Row]:
+def select(pool, where: str = "TRUE", params: dict | None = None, order: str = "ASC") -> list[Row]:
     """The rows a plain SELECT returns, in the API's order."""
     with connection(pool) as conn, conn.cursor() as cur:
         cur.execute(
@@ -122,8 +119,9 @@ def key(row: dict[str, Any]) -> tuple:
     return (row["time"], row.get("customer"), row.get("content"))
 
 
-def dataset(seed: int, windows: int, customers: Sequence[str],
-            contents: Sequence[str], density: float = 0.7) -> list[Row]:
+def dataset(
+    seed: int, windows: int, customers: Sequence[str], contents: Sequence[str], density: float = 0.7
+) -> list[Row]:
     """Sparse random 5-minute rows from FIRST_END on; some with no bytes at all."""
     rnd = random.Random(seed)
     rows = []
@@ -176,9 +174,14 @@ def test_rows_written_by_the_flush_are_served_exactly(client, redis, pool, confi
                     n += 1
                     cdn, p2p = rnd.randrange(0, 10**6), rnd.randrange(0, 10**6)
                     short = n % 4 != 0  # every 4th payload continues an older session
-                    body = payload(token=f"tok-{n}", customer=customer, content=content,
-                                   cdn=cdn, p2p=p2p,
-                                   sessionDuration=1200 if short else 3_600_000)
+                    body = payload(
+                        token=f"tok-{n}",
+                        customer=customer,
+                        content=content,
+                        cdn=cdn,
+                        p2p=p2p,
+                        sessionDuration=1200 if short else 3_600_000,
+                    )
                     response = client.post("/stats", json=body)
                     assert response.status_code == 200, response.get_json()
                     assert response.get_json() == {"accepted": 1, "duplicates": 0}
@@ -209,8 +212,15 @@ def test_rows_written_by_the_flush_are_served_exactly(client, redis, pool, confi
     for (_, customer, _), values in expected.items():
         daily[customer] = [a + b for a, b in zip(daily[customer], values, strict=True)]
     assert get(client, group_by="customer", bucket="1d")["rows"] == [
-        {"time": "2026-11-26T00:00:00Z", "customer": cu, "cdn": cdn, "p2p": p2p,
-         "sessions": sessions, "payloads": payloads, "p2p_share": share(cdn, p2p)}
+        {
+            "time": "2026-11-26T00:00:00Z",
+            "customer": cu,
+            "cdn": cdn,
+            "p2p": p2p,
+            "sessions": sessions,
+            "payloads": payloads,
+            "p2p_share": share(cdn, p2p),
+        }
         for cu, (cdn, p2p, sessions, payloads) in sorted(daily.items())
     ]
 
@@ -235,8 +245,9 @@ def test_a_late_payload_merged_into_a_flushed_row_is_served_once(
 @pytest.fixture
 def hours(pool) -> list[Row]:
     """Two customers, two contents, one row per 5-minute window over 3 hours."""
-    rows = dataset(seed=7, windows=36, customers=("acme", "beta"),
-                   contents=("live/1", "movie-2"), density=1.0)
+    rows = dataset(
+        seed=7, windows=36, customers=("acme", "beta"), contents=("live/1", "movie-2"), density=1.0
+    )
     insert(pool, rows)
     return sorted(rows)
 
@@ -246,33 +257,62 @@ def hours(pool) -> list[Row]:
     ("params", "start", "end"),
     [
         # from is inclusive, to exclusive; both on the window end.
-        ({"from": "2026-11-26T10:30:00Z", "to": "2026-11-26T11:00:00Z"},
-         datetime(2026, 11, 26, 10, 30), datetime(2026, 11, 26, 11, 0)),
+        (
+            {"from": "2026-11-26T10:30:00Z", "to": "2026-11-26T11:00:00Z"},
+            datetime(2026, 11, 26, 10, 30),
+            datetime(2026, 11, 26, 11, 0),
+        ),
         # Naive times are UTC.
-        ({"from": "2026-11-26T10:30:00", "to": "2026-11-26T11:00:00"},
-         datetime(2026, 11, 26, 10, 30), datetime(2026, 11, 26, 11, 0)),
+        (
+            {"from": "2026-11-26T10:30:00", "to": "2026-11-26T11:00:00"},
+            datetime(2026, 11, 26, 10, 30),
+            datetime(2026, 11, 26, 11, 0),
+        ),
         # +02:00 is two hours ahead of UTC: 12:30+02:00 is 10:30Z.
-        ({"from": "2026-11-26T12:30:00+02:00", "to": "2026-11-26T13:00:00+02:00"},
-         datetime(2026, 11, 26, 10, 30), datetime(2026, 11, 26, 11, 0)),
+        (
+            {"from": "2026-11-26T12:30:00+02:00", "to": "2026-11-26T13:00:00+02:00"},
+            datetime(2026, 11, 26, 10, 30),
+            datetime(2026, 11, 26, 11, 0),
+        ),
         ({"from": "2026-11-26T05:30:00-05:00"}, datetime(2026, 11, 26, 10, 30), None),
         ({"to": "2026-11-26T10:15:00.000001Z"}, None, datetime(2026, 11, 26, 10, 15, 0, 1)),
-        ({"from": "2026-11-26T10:14:59.5Z", "to": "2026-11-26T10:20:00.5Z"},
-         datetime(2026, 11, 26, 10, 14, 59, 500000), datetime(2026, 11, 26, 10, 20, 0, 500000)),
+        (
+            {"from": "2026-11-26T10:14:59.5Z", "to": "2026-11-26T10:20:00.5Z"},
+            datetime(2026, 11, 26, 10, 14, 59, 500000),
+            datetime(2026, 11, 26, 10, 20, 0, 500000),
+        ),
         # A lone date is its midnight.
-        ({"from": "2026-11-26", "to": "2026-11-27"},
-         datetime(2026, 11, 26), datetime(2026, 11, 27)),
+        (
+            {"from": "2026-11-26", "to": "2026-11-27"},
+            datetime(2026, 11, 26),
+            datetime(2026, 11, 27),
+        ),
         # from == to is an empty range, not an error.
-        ({"from": "2026-11-26T10:30:00Z", "to": "2026-11-26T10:30:00Z"},
-         datetime(2026, 11, 26, 10, 30), datetime(2026, 11, 26, 10, 30)),
+        (
+            {"from": "2026-11-26T10:30:00Z", "to": "2026-11-26T10:30:00Z"},
+            datetime(2026, 11, 26, 10, 30),
+            datetime(2026, 11, 26, 10, 30),
+        ),
     ],
-    ids=["Z", "naive", "plus0200", "from-minus0500", "to-microsecond", "fractions",
-         "dates", "empty"],
+    ids=[
+        "Z",
+        "naive",
+        "plus0200",
+        "from-minus0500",
+        "to-microsecond",
+        "fractions",
+        "dates",
+        "empty",
+    ],
 )
 def test_time_range_is_from_inclusive_to_exclusive(client, hours, params, start, end):
     start = start and start.replace(tzinfo=timezone.utc)
     end = end and end.replace(tzinfo=timezone.utc)
-    want = [as_json(r) for r in hours
-            if (start is None or r[0] >= start) and (end is None or r[0] < end)]
+    want = [
+        as_json(r)
+        for r in hours
+        if (start is None or r[0] >= start) and (end is None or r[0] < end)
+    ]
     if start and end and start < end:
         assert want, "the case must select something"
     assert get(client, limit=1000, **params)["rows"] == want
@@ -289,20 +329,34 @@ def test_range_bounds_on_a_window_end(client, hours):
 @one_shard
 @pytest.mark.parametrize(
     "params",
-    [{"customer": "acme"}, {"content": "movie-2"}, {"customer": "beta", "content": "live/1"},
-     {"customer": "nobody"}, {"customer": "acme", "from": "2026-11-26T11:00:00Z",
-                              "to": "2026-11-26T12:00:00+00:00"}],
+    [
+        {"customer": "acme"},
+        {"content": "movie-2"},
+        {"customer": "beta", "content": "live/1"},
+        {"customer": "nobody"},
+        {"customer": "acme", "from": "2026-11-26T11:00:00Z", "to": "2026-11-26T12:00:00+00:00"},
+    ],
     ids=["customer", "content", "both", "unknown", "customer-and-range"],
 )
 def test_customer_and_content_filters_match_exactly(client, pool, hours, params):
-    insert(pool, [(FIRST_END, "acm", "movie-2", 1, 1, 1, 1),  # prefixes must not match
-                  (FIRST_END, "acme ", "movie", 1, 1, 1, 1),
-                  (FIRST_END, "ACME", "MOVIE-2", 1, 1, 1, 1)])
+    insert(
+        pool,
+        [
+            (FIRST_END, "acm", "movie-2", 1, 1, 1, 1),  # prefixes must not match
+            (FIRST_END, "acme ", "movie", 1, 1, 1, 1),
+            (FIRST_END, "ACME", "MOVIE-2", 1, 1, 1, 1),
+        ],
+    )
     start = params.get("from") and datetime(2026, 11, 26, 11, tzinfo=timezone.utc)
     end = params.get("to") and datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
-    want = [as_json(r) for r in select(pool)
-            if r[1] == params.get("customer", r[1]) and r[2] == params.get("content", r[2])
-            and (start is None or r[0] >= start) and (end is None or r[0] < end)]
+    want = [
+        as_json(r)
+        for r in select(pool)
+        if r[1] == params.get("customer", r[1])
+        and r[2] == params.get("content", r[2])
+        and (start is None or r[0] >= start)
+        and (end is None or r[0] < end)
+    ]
     body = get(client, limit=1000, **params)
     assert body == {"rows": want, "next": None}
     assert all(r["customer"] == params.get("customer", r["customer"]) for r in body["rows"])
@@ -326,23 +380,34 @@ def test_default_limit_is_100(client, hours):
 
 @one_shard
 def test_p2p_share(client, pool):
-    insert(pool, [
-        (FIRST_END, "a", "x", 0, 0, 1, 1),  # no bytes: no share
-        (FIRST_END, "b", "x", 1, 2, 0, 1),
-        (FIRST_END, "c", "x", 0, 7, 0, 1),
-        (FIRST_END, "d", "x", 7, 0, 0, 1),
-        (FIRST_END, "e", "x", 10**12, 10**12, 0, 1),
-        (FIRST_END + LENGTH, "a", "x", 0, 0, 3, 2),
-    ])
+    insert(
+        pool,
+        [
+            (FIRST_END, "a", "x", 0, 0, 1, 1),  # no bytes: no share
+            (FIRST_END, "b", "x", 1, 2, 0, 1),
+            (FIRST_END, "c", "x", 0, 7, 0, 1),
+            (FIRST_END, "d", "x", 7, 0, 0, 1),
+            (FIRST_END, "e", "x", 10**12, 10**12, 0, 1),
+            (FIRST_END + LENGTH, "a", "x", 0, 0, 3, 2),
+        ],
+    )
     rows = get(client)["rows"]
     assert [(r["customer"], r["p2p_share"]) for r in rows] == [
-        ("a", None), ("b", 0.666667), ("c", 1.0), ("d", 0.0), ("e", 0.5), ("a", None),
+        ("a", None),
+        ("b", 0.666667),
+        ("c", 1.0),
+        ("d", 0.0),
+        ("e", 0.5),
+        ("a", None),
     ]
     assert all(r["cdn"] + r["p2p"] > 0 or r["p2p_share"] is None for r in rows)
     # In a rollup the share is that of the sums, and still null on no bytes.
     rolled = get(client, group_by="customer", bucket="1h")["rows"]
     assert [(r["customer"], r["cdn"], r["p2p"], r["p2p_share"]) for r in rolled] == [
-        ("a", 0, 0, None), ("b", 1, 2, 0.666667), ("c", 0, 7, 1.0), ("d", 7, 0, 0.0),
+        ("a", 0, 0, None),
+        ("b", 1, 2, 0.666667),
+        ("c", 0, 7, 1.0),
+        ("d", 7, 0, 0.0),
         ("e", 10**12, 10**12, 0.5),
     ]
     assert rolled[0]["sessions"] == 4 and rolled[0]["payloads"] == 3
@@ -364,8 +429,13 @@ AWKWARD = ("a", "A", "a b", "a:b", "a:", "ab", "Ä", "z" * 40, "0", "é")
 @pytest.fixture
 def many(pool) -> list[Row]:
     """About 1,000 rows: 30 windows x awkward customers x 5 contents (sparse)."""
-    rows = dataset(seed=11, windows=30, customers=AWKWARD,
-                   contents=("c1", "C1", "c1:x", "live/ch 1", "ü"), density=0.7)
+    rows = dataset(
+        seed=11,
+        windows=30,
+        customers=AWKWARD,
+        contents=("c1", "C1", "c1:x", "live/ch 1", "ü"),
+        density=0.7,
+    )
     insert(pool, rows)
     assert 900 < len(rows) < 1200
     return rows
@@ -404,11 +474,19 @@ def test_last_full_page_has_no_next(client, pool):
 @one_shard
 @pytest.mark.parametrize("order", ["asc", "desc"])
 def test_pages_with_filters(client, pool, many, order):
-    params = {"content": "c1:x", "from": "2026-11-26T10:30:00Z",
-              "to": "2026-11-26T12:00:00Z", "order": order, "limit": 5}
-    want = select(pool, "content = %(c)s AND time >= %(f)s AND time < %(t)s",
-                  {"c": "c1:x", "f": "2026-11-26T10:30:00Z", "t": "2026-11-26T12:00:00Z"},
-                  order.upper())
+    params = {
+        "content": "c1:x",
+        "from": "2026-11-26T10:30:00Z",
+        "to": "2026-11-26T12:00:00Z",
+        "order": order,
+        "limit": 5,
+    }
+    want = select(
+        pool,
+        "content = %(c)s AND time >= %(f)s AND time < %(t)s",
+        {"c": "c1:x", "f": "2026-11-26T10:30:00Z", "t": "2026-11-26T12:00:00Z"},
+        order.upper(),
+    )
     assert len(want) > 10
     rows, _ = walk(client, **params)
     assert rows == [as_json(r) for r in want]
@@ -438,17 +516,32 @@ def test_pages_while_rows_arrive(client, pool, many, order):
         last = body["rows"][-1]
         ahead = newest + page * LENGTH if order == "asc" else oldest - page * LENGTH
         behind = oldest - page * LENGTH if order == "asc" else newest + page * LENGTH
-        insert(pool, [(ahead, "new", "row", page, 0, 0, 1), (behind, "old", "row", page, 0, 0, 1),
-                      # Same time as the last row served, sorting right after or before it.
-                      (datetime.fromisoformat(last["time"]), last["customer"] + "\x7f",
-                       "tie", page, 0, 0, 1)])
+        insert(
+            pool,
+            [
+                (ahead, "new", "row", page, 0, 0, 1),
+                (behind, "old", "row", page, 0, 0, 1),
+                # Same time as the last row served, sorting right after or before it.
+                (
+                    datetime.fromisoformat(last["time"]),
+                    last["customer"] + "\x7f",
+                    "tie",
+                    page,
+                    0,
+                    0,
+                    1,
+                ),
+            ],
+        )
         added_ahead.add((iso(ahead), "new", "row"))
         if order == "asc":
             added_ahead.add((last["time"], last["customer"] + "\x7f", "tie"))
         # A late flush adds to a row already served: it must not come back.
         with connection(pool) as conn, conn, conn.cursor() as cur:
-            cur.execute("UPDATE stats SET cdn = cdn + 1 WHERE time = %s AND customer = %s "
-                        "AND content = %s", (last["time"], last["customer"], last["content"]))
+            cur.execute(
+                "UPDATE stats SET cdn = cdn + 1 WHERE time = %s AND customer = %s AND content = %s",
+                (last["time"], last["customer"], last["content"]),
+            )
         assert page < 200
     keys = [key(r) for r in seen]
     assert len(keys) == len(set(keys)), "a row was served twice"
@@ -497,8 +590,11 @@ def two_days(pool) -> list[Row]:
         for cu in ("acme", "beta", "gamma"):
             for co in ("live1", "vod22"):
                 if rnd.random() < 0.35:
-                    cdn, p2p = (0, 0) if rnd.random() < 0.05 else (
-                        rnd.randrange(10**10), rnd.randrange(10**10))
+                    cdn, p2p = (
+                        (0, 0)
+                        if rnd.random() < 0.05
+                        else (rnd.randrange(10**10), rnd.randrange(10**10))
+                    )
                     rows.append((t, cu, co, cdn, p2p, rnd.randrange(5), rnd.randrange(1, 90)))
     insert(pool, rows)
     return rows
@@ -507,8 +603,12 @@ def two_days(pool) -> list[Row]:
 @one_shard
 @pytest.mark.parametrize(
     ("group_by", "bucket"),
-    [(g, b) for g in (None, "customer", "content", "customer,content")
-     for b in (None, "5m", "1h", "1d") if g or b],
+    [
+        (g, b)
+        for g in (None, "customer", "content", "customer,content")
+        for b in (None, "5m", "1h", "1d")
+        if g or b
+    ],
 )
 def test_rollups_equal_the_sums_of_the_5_minute_rows(client, two_days, group_by, bucket):
     params = {k: v for k, v in (("group_by", group_by), ("bucket", bucket)) if v}
@@ -521,10 +621,16 @@ def test_rollups_equal_the_sums_of_the_5_minute_rows(client, two_days, group_by,
     want = rollup(two_days, group_by, bucket)
     assert set(got) == set(want)
     for k, (cdn, p2p, sessions, payloads) in want.items():
-        assert got[k] == {"time": k[0], **({"customer": k[1]} if k[1] is not None else {}),
-                          **({"content": k[2]} if k[2] is not None else {}),
-                          "cdn": cdn, "p2p": p2p, "sessions": sessions, "payloads": payloads,
-                          "p2p_share": share(cdn, p2p)}
+        assert got[k] == {
+            "time": k[0],
+            **({"customer": k[1]} if k[1] is not None else {}),
+            **({"content": k[2]} if k[2] is not None else {}),
+            "cdn": cdn,
+            "p2p": p2p,
+            "sessions": sessions,
+            "payloads": payloads,
+            "p2p_share": share(cdn, p2p),
+        }
     # Ordered by time, then customer, then content (plain ASCII names: code point order).
     assert [key(r) for r in rows] == sorted(got, key=lambda k: (k[0], k[1] or "", k[2] or ""))
     # Totals are preserved whatever the grouping.
@@ -535,39 +641,75 @@ def test_rollups_equal_the_sums_of_the_5_minute_rows(client, two_days, group_by,
 @one_shard
 def test_rollup_bucket_stamps_and_boundaries(client, pool):
     """Buckets are UTC and stamped with their start; a row is in the bucket of its time."""
-    insert(pool, [
-        (datetime(2026, 11, 26, 23, 55, tzinfo=timezone.utc), "a", "x", 1, 0, 0, 1),
-        (datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc), "a", "x", 10, 0, 0, 1),
-        (datetime(2026, 11, 27, 0, 5, tzinfo=timezone.utc), "a", "y", 100, 0, 0, 1),
-        (datetime(2026, 11, 27, 0, 55, tzinfo=timezone.utc), "a", "y", 1000, 0, 0, 1),
-        (datetime(2026, 11, 27, 1, 0, tzinfo=timezone.utc), "a", "x", 10000, 0, 0, 1),
-    ])
+    insert(
+        pool,
+        [
+            (datetime(2026, 11, 26, 23, 55, tzinfo=timezone.utc), "a", "x", 1, 0, 0, 1),
+            (datetime(2026, 11, 27, 0, 0, tzinfo=timezone.utc), "a", "x", 10, 0, 0, 1),
+            (datetime(2026, 11, 27, 0, 5, tzinfo=timezone.utc), "a", "y", 100, 0, 0, 1),
+            (datetime(2026, 11, 27, 0, 55, tzinfo=timezone.utc), "a", "y", 1000, 0, 0, 1),
+            (datetime(2026, 11, 27, 1, 0, tzinfo=timezone.utc), "a", "x", 10000, 0, 0, 1),
+        ],
+    )
     hourly = get(client, group_by="customer", bucket="1h")["rows"]
     assert [(r["time"], r["cdn"]) for r in hourly] == [
-        ("2026-11-26T23:00:00Z", 1), ("2026-11-27T00:00:00Z", 1110),
+        ("2026-11-26T23:00:00Z", 1),
+        ("2026-11-27T00:00:00Z", 1110),
         ("2026-11-27T01:00:00Z", 10000),
     ]
     daily = get(client, group_by="content", bucket="1d")["rows"]
     assert daily == [
-        {"time": "2026-11-26T00:00:00Z", "content": "x", "cdn": 1, "p2p": 0, "sessions": 0,
-         "payloads": 1, "p2p_share": 0.0},
-        {"time": "2026-11-27T00:00:00Z", "content": "x", "cdn": 10010, "p2p": 0, "sessions": 0,
-         "payloads": 2, "p2p_share": 0.0},
-        {"time": "2026-11-27T00:00:00Z", "content": "y", "cdn": 1100, "p2p": 0, "sessions": 0,
-         "payloads": 2, "p2p_share": 0.0},
+        {
+            "time": "2026-11-26T00:00:00Z",
+            "content": "x",
+            "cdn": 1,
+            "p2p": 0,
+            "sessions": 0,
+            "payloads": 1,
+            "p2p_share": 0.0,
+        },
+        {
+            "time": "2026-11-27T00:00:00Z",
+            "content": "x",
+            "cdn": 10010,
+            "p2p": 0,
+            "sessions": 0,
+            "payloads": 2,
+            "p2p_share": 0.0,
+        },
+        {
+            "time": "2026-11-27T00:00:00Z",
+            "content": "y",
+            "cdn": 1100,
+            "p2p": 0,
+            "sessions": 0,
+            "payloads": 2,
+            "p2p_share": 0.0,
+        },
     ]
     # From/to still select by the 5-minute rows' time, before rolling up.
-    ranged = get(client, group_by="customer", bucket="1d",
-                 **{"from": "2026-11-27T00:05:00Z", "to": "2026-11-27T01:00:00Z"})["rows"]
+    ranged = get(
+        client,
+        group_by="customer",
+        bucket="1d",
+        **{"from": "2026-11-27T00:05:00Z", "to": "2026-11-27T01:00:00Z"},
+    )["rows"]
     assert [(r["time"], r["cdn"], r["payloads"]) for r in ranged] == [
-        ("2026-11-27T00:00:00Z", 1100, 2)]
+        ("2026-11-27T00:00:00Z", 1100, 2)
+    ]
 
 
 @one_shard
 @pytest.mark.parametrize("order", ["asc", "desc"])
 def test_rollup_pages_with_filters(client, pool, two_days, order):
-    params = {"group_by": "content", "bucket": "1h", "customer": "beta", "order": order,
-              "from": "2026-11-26T03:00:00+01:00", "limit": 4}
+    params = {
+        "group_by": "content",
+        "bucket": "1h",
+        "customer": "beta",
+        "order": order,
+        "from": "2026-11-26T03:00:00+01:00",
+        "limit": 4,
+    }
     rows, pages = walk(client, **params)
     start = datetime(2026, 11, 26, 2, tzinfo=timezone.utc)
     want = rollup([r for r in two_days if r[1] == "beta" and r[0] >= start], "content", "1h")
@@ -599,8 +741,10 @@ def test_rollup_pages_with_filters(client, pool, two_days, order):
         ({"order": "up"}, ["order"]),
         ({"group_by": "time"}, ["group_by"]),
         ({"bucket": "2h"}, ["bucket"]),
-        ({"limit": "0", "from": "x", "group_by": "y", "bucket": "z", "order": "sideways"},
-         ["limit", "from", "group_by", "bucket", "order"]),
+        (
+            {"limit": "0", "from": "x", "group_by": "y", "bucket": "z", "order": "sideways"},
+            ["limit", "from", "group_by", "bucket", "order"],
+        ),
     ],
     ids=lambda v: json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else None,
 )
@@ -625,8 +769,20 @@ def test_bad_parameters_answer_400_naming_them(client, pool, params, names):
         make_cursor(1795687500, "acme", "x", None, None),  # a number where the time goes
         make_cursor(["2026"], "acme", "x", None, None),
     ],
-    ids=["word", "percent", "truncated-json", "binary", "short-list", "object", "number",
-         "bad-time", "int-customer", "null-time", "number-time", "list-time"],
+    ids=[
+        "word",
+        "percent",
+        "truncated-json",
+        "binary",
+        "short-list",
+        "object",
+        "number",
+        "bad-time",
+        "int-customer",
+        "null-time",
+        "number-time",
+        "list-time",
+    ],
 )
 def test_garbage_cursor_answers_400(client, pool, cursor):
     assert_invalid(client.get("/stats", query_string={"cursor": cursor}), "cursor")
@@ -644,8 +800,9 @@ def test_garbage_cursor_answers_400(client, pool, cursor):
     ],
 )
 def test_cursor_from_another_rollup_answers_400(client, pool, made_with, used_with):
-    insert(pool, [(FIRST_END + i * LENGTH, f"c{i % 3}", f"x{i % 2}", 1, 1, 1, 1)
-                  for i in range(12)])
+    insert(
+        pool, [(FIRST_END + i * LENGTH, f"c{i % 3}", f"x{i % 2}", 1, 1, 1, 1) for i in range(12)]
+    )
     cursor = get(client, limit=1, **made_with)["next"]
     assert cursor
     assert_invalid(client.get("/stats", query_string={"cursor": cursor, **used_with}), "cursor")
@@ -735,7 +892,8 @@ def test_post_needs_the_ingest_token_when_set(config, clock, redis, pool):
         assert_unauthorized(client.post("/stats/batch", json=[payload()], headers=headers))
     # Nothing was counted by the refused requests.
     assert client.get("/stats/live", headers={"Authorization": "Bearer t"}).get_json() == {
-        "rows": []}
+        "rows": []
+    }
     response = client.post("/stats", json=payload(), headers={"Authorization": "Bearer i"})
     assert response.status_code == 200
     assert response.get_json() == {"accepted": 1, "duplicates": 0}
@@ -748,8 +906,7 @@ def test_post_needs_the_ingest_token_when_set(config, clock, redis, pool):
 @one_shard
 @pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json", "/readyz"])
 def test_health_and_docs_stay_open(config, clock, pool, path):
-    client = create_app(config.replace(api_token="t", ingest_token="i"),
-                        clock=clock).test_client()
+    client = create_app(config.replace(api_token="t", ingest_token="i"), clock=clock).test_client()
     assert client.get(path).status_code == 200
 
 
@@ -785,8 +942,7 @@ def test_postgres_down_answers_503_json(config, clock):
 
 @one_shard
 def test_redis_down_makes_readyz_503(config, clock, pool):
-    client = create_app(config.replace(redis_url=UNREACHABLE_REDIS_URL),
-                        clock=clock).test_client()
+    client = create_app(config.replace(redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.is_json
@@ -804,13 +960,16 @@ def test_redis_down_makes_readyz_503(config, clock, pool):
 
 @one_shard
 def test_both_down_names_both(config, clock):
-    client = create_app(config.replace(redis_url=UNREACHABLE_REDIS_URL,
-                                       database_url=UNREACHABLE_DATABASE_URL),
-                        clock=clock).test_client()
+    client = create_app(
+        config.replace(redis_url=UNREACHABLE_REDIS_URL, database_url=UNREACHABLE_DATABASE_URL),
+        clock=clock,
+    ).test_client()
     body = client.get("/readyz").get_json()
     assert "redis" in body["message"] and "postgres" in body["message"]
     assert {name for name, state in body["checks"].items() if state.startswith("down")} == {
-        "redis", "postgres"}
+        "redis",
+        "postgres",
+    }
 
 
 @one_shard

@@ -265,7 +265,10 @@ def test_edge_values_are_accepted_and_counted_exactly(client, redis, config, clo
     assert_accepted(resp)
     assert live_rows(redis, config, window(config, clock)) == {
         (body["customer"], body["content"]): (
-            body["cdn"], body["p2p"], starts_session(body, config), 1,
+            body["cdn"],
+            body["p2p"],
+            starts_session(body, config),
+            1,
         )
     }
 
@@ -314,14 +317,31 @@ def test_5000_digit_integer_in_an_extra_field_is_ignored(client, redis, config, 
 # --- rejected payloads: a field at fault ------------------------------------------
 
 WRONG_FOR_INT = [
-    ("true", True), ("false", False), ("float", 1.5), ("integral-float", 30000.0),
-    ("zero-float", 0.0), ("negative-zero-float", -0.0), ("string", "30000"),
-    ("empty-string", ""), ("null", None), ("object", {"value": 1}), ("empty-object", {}),
-    ("array", [1]), ("empty-array", []),
+    ("true", True),
+    ("false", False),
+    ("float", 1.5),
+    ("integral-float", 30000.0),
+    ("zero-float", 0.0),
+    ("negative-zero-float", -0.0),
+    ("string", "30000"),
+    ("empty-string", ""),
+    ("null", None),
+    ("object", {"value": 1}),
+    ("empty-object", {}),
+    ("array", [1]),
+    ("empty-array", []),
 ]
 WRONG_FOR_STR = [
-    ("true", True), ("false", False), ("int", 1), ("zero", 0), ("float", 1.5), ("null", None),
-    ("object", {"name": "acme"}), ("empty-object", {}), ("array", ["acme"]), ("empty-array", []),
+    ("true", True),
+    ("false", False),
+    ("int", 1),
+    ("zero", 0),
+    ("float", 1.5),
+    ("null", None),
+    ("object", {"name": "acme"}),
+    ("empty-object", {}),
+    ("array", ["acme"]),
+    ("empty-array", []),
 ]
 CONTROL_CHARS = ["\x00", "\x01", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f", "\x80", "\x85", "\x9f"]
 LONE_SURROGATES = ['"\\ud800"', '"\\udfff"', '"a\\udbffz"', '"\\ude00\\ud83d"', '"ok\\ud83d"']
@@ -831,8 +851,11 @@ def test_property_mutated_bytes(client, redis, config, clock, key_prefix, data):
     event(f"status {resp.status_code}")
     if resp.status_code == 200:
         answer = resp.get_json()
-        assert answer in ({"accepted": 1}, {"accepted": 1, "duplicates": 0},
-                          {"accepted": 0, "duplicates": 1}), answer
+        assert answer in (
+            {"accepted": 1},
+            {"accepted": 1, "duplicates": 0},
+            {"accepted": 0, "duplicates": 1},
+        ), answer
         # Only a body that is valid UTF-8 JSON and a valid payload may be accepted.
         value = json.loads(data.decode("utf-8"))
         assert isinstance(value, dict) and not spec_errors(value), value

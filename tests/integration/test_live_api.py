@@ -66,11 +66,20 @@ class Account:
         total[2] += int(starts)
         total[3] += 1
 
-    def expected(self, customer: str | None = None,
-                 content: str | None = None) -> dict[tuple, dict[str, Any]]:
+    def expected(
+        self, customer: str | None = None, content: str | None = None
+    ) -> dict[tuple, dict[str, Any]]:
         return {
-            k: {"time": k[0], "customer": k[1], "content": k[2], "cdn": cdn, "p2p": p2p,
-                "sessions": s, "payloads": n, "p2p_share": share(cdn, p2p)}
+            k: {
+                "time": k[0],
+                "customer": k[1],
+                "content": k[2],
+                "cdn": cdn,
+                "p2p": p2p,
+                "sessions": s,
+                "payloads": n,
+                "p2p_share": share(cdn, p2p),
+            }
             for k, (cdn, p2p, s, n) in self.rows.items()
             if customer in (None, k[1]) and content in (None, k[2])
         }
@@ -98,12 +107,21 @@ class Sender:
         self.account.add(self.clock(), body, starts=body["sessionDuration"] < 300_000)
         return body
 
-    def burst(self, rnd: random.Random, count: int, customers=("acme", "beta", "c:d"),
-              contents=("live/1", "vod 2")) -> None:
+    def burst(
+        self,
+        rnd: random.Random,
+        count: int,
+        customers=("acme", "beta", "c:d"),
+        contents=("live/1", "vod 2"),
+    ) -> None:
         for _ in range(count):
-            self.send(customer=rnd.choice(customers), content=rnd.choice(contents),
-                      cdn=rnd.randrange(0, 10**7), p2p=rnd.randrange(0, 10**7),
-                      sessionDuration=rnd.choice((1200, 45_000, 600_000)))
+            self.send(
+                customer=rnd.choice(customers),
+                content=rnd.choice(contents),
+                cdn=rnd.randrange(0, 10**7),
+                p2p=rnd.randrange(0, 10**7),
+                sessionDuration=rnd.choice((1200, 45_000, 600_000)),
+            )
 
 
 def live(client, **params: Any) -> dict[tuple, dict[str, Any]]:
@@ -158,13 +176,16 @@ def test_closed_windows_not_flushed_yet_are_shown(client, clock, sender, account
     rows = live(client)
     assert rows == account.expected()
     assert sorted({r["time"] for r in rows.values()}) == [
-        "2026-11-26T10:05:00Z", "2026-11-26T10:10:00Z", "2026-11-26T10:15:00Z",
+        "2026-11-26T10:05:00Z",
+        "2026-11-26T10:10:00Z",
+        "2026-11-26T10:15:00Z",
         "2026-11-26T10:20:00Z",
     ]
 
 
-def test_frozen_snapshots_not_committed_are_shown(client, redis, pool, config, clock, sender,
-                                                   account):
+def test_frozen_snapshots_not_committed_are_shown(
+    client, redis, pool, config, clock, sender, account
+):
     rnd = random.Random(3)
     sender.burst(rnd, 20)
     clock.advance(300)
@@ -194,14 +215,18 @@ def test_frozen_snapshots_not_committed_are_shown(client, redis, pool, config, c
     flush_once(redis, pool, config, clock)
     assert live(client) == {}
     assert stats_rows(pool) == {
-        (int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()), cu, co):
-            (cdn, p2p, sessions)
+        (int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()), cu, co): (
+            cdn,
+            p2p,
+            sessions,
+        )
         for (t, cu, co), (cdn, p2p, sessions, _) in account.rows.items()
     }
 
 
-def test_nothing_is_shown_after_a_successful_flush(client, redis, pool, config, clock, sender,
-                                                   account):
+def test_nothing_is_shown_after_a_successful_flush(
+    client, redis, pool, config, clock, sender, account
+):
     rnd = random.Random(4)
     sender.burst(rnd, 25)
     clock.advance(300)
@@ -220,8 +245,15 @@ def test_nothing_is_shown_after_a_successful_flush(client, redis, pool, config, 
 
 @pytest.mark.parametrize(
     "params",
-    [{"customer": "acme"}, {"content": "vod 2"}, {"customer": "c:d", "content": "live/1"},
-     {"customer": "nobody"}, {"customer": "acm"}, {"customer": "ACME"}, {"customer": ""}],
+    [
+        {"customer": "acme"},
+        {"content": "vod 2"},
+        {"customer": "c:d", "content": "live/1"},
+        {"customer": "nobody"},
+        {"customer": "acm"},
+        {"customer": "ACME"},
+        {"customer": ""},
+    ],
     ids=["customer", "content", "both", "unknown", "prefix", "case", "empty-is-none"],
 )
 def test_filters(client, clock, sender, account, params):
@@ -318,11 +350,21 @@ def _command() -> list[str]:
 
 
 def _env(config: Config, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STATS_") and k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(REDIS_URL=config.redis_url, STATS_KEY_PREFIX=config.key_prefix,
-               STATS_SHARDS=str(config.shards), STATS_WINDOW_SECONDS=str(config.window_seconds),
-               STATS_DATA_DIR=str(tmp_path), COLUMNS="160", NO_COLOR="1", TERM="dumb")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STATS_") and k not in ("REDIS_URL", "DATABASE_URL")
+    }
+    env.update(
+        REDIS_URL=config.redis_url,
+        STATS_KEY_PREFIX=config.key_prefix,
+        STATS_SHARDS=str(config.shards),
+        STATS_WINDOW_SECONDS=str(config.window_seconds),
+        STATS_DATA_DIR=str(tmp_path),
+        COLUMNS="160",
+        NO_COLOR="1",
+        TERM="dumb",
+    )
     return env
 
 
@@ -337,18 +379,31 @@ def real_time_traffic(redis: Redis, config: Config) -> list[int]:
     k = window_index(now, length)
     ends = []
     for i, at in enumerate((now, (k + 1) * length + 0.5)):
-        ingest.record(redis, scripts, config, [
-            payload(token=f"cli-{i}-{j}", customer=cu, content=co, cdn=cdn, p2p=p2p)
-            for j, (cu, co, cdn, p2p) in enumerate([
-                ("acme-live", "channel-1", 9_000_000, 1_000_000),
-                ("beta-vod", "film 7", 2_000, 6_000),
-                ("beta-vod", "film 7", 1_000, 1_000),
-                ("gamma", "news", 500, 0),
-            ])
-        ], at)
+        ingest.record(
+            redis,
+            scripts,
+            config,
+            [
+                payload(token=f"cli-{i}-{j}", customer=cu, content=co, cdn=cdn, p2p=p2p)
+                for j, (cu, co, cdn, p2p) in enumerate(
+                    [
+                        ("acme-live", "channel-1", 9_000_000, 1_000_000),
+                        ("beta-vod", "film 7", 2_000, 6_000),
+                        ("beta-vod", "film 7", 1_000, 1_000),
+                        ("gamma", "news", 500, 0),
+                    ]
+                )
+            ],
+            at,
+        )
         ends.append(window_end(window_index(at, length), length))
-    ingest.record(redis, scripts, config,
-                  [payload(token="cli-old", customer="closed-window-only")], now - length)
+    ingest.record(
+        redis,
+        scripts,
+        config,
+        [payload(token="cli-old", customer="closed-window-only")],
+        now - length,
+    )
     return ends
 
 
@@ -360,8 +415,13 @@ def _title_end(out: str) -> int:
 
 
 def test_live_once_prints_the_open_window(config, tmp_path, real_time_traffic):
-    done = subprocess.run([*_command(), "live", "--once"], env=_env(config, tmp_path),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*_command(), "live", "--once"],
+        env=_env(config, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert _title_end(out) in {end % 86400 for end in real_time_traffic}
@@ -377,13 +437,23 @@ def test_live_once_prints_the_open_window(config, tmp_path, real_time_traffic):
 
 def test_live_once_limit_and_customer(config, tmp_path, real_time_traffic):
     env = _env(config, tmp_path)
-    done = subprocess.run([*_command(), "live", "--once", "--limit", "1"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*_command(), "live", "--once", "--limit", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "acme-live" in done.stdout and "beta-vod" not in done.stdout
     assert "1 of 3 customer/content pairs" in done.stdout
-    done = subprocess.run([*_command(), "live", "--once", "--customer", "beta-vod"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*_command(), "live", "--once", "--customer", "beta-vod"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "beta-vod" in done.stdout and "acme-live" not in done.stdout
     assert "1 of 1 customer/content pairs" in done.stdout
@@ -393,8 +463,9 @@ def test_live_once_limit_and_customer(config, tmp_path, real_time_traffic):
 @one_shard
 def test_live_once_with_redis_down_exits_1(config, tmp_path):
     env = _env(config.replace(redis_url=UNREACHABLE_REDIS_URL), tmp_path)
-    done = subprocess.run([*_command(), "live", "--once"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*_command(), "live", "--once"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     assert "Redis" in done.stderr
     assert "Traceback" not in done.stderr
@@ -410,8 +481,9 @@ def _render(rows: list[LiveRow], now: float, limit: int, config: Config) -> str:
 
 
 def _row(customer: str, cdn: int, p2p: int, sessions: int = 0, payloads: int = 0) -> LiveRow:
-    return LiveRow(window_end(K0, 300), customer, f"{customer}-content", cdn, p2p, sessions,
-                   payloads)
+    return LiveRow(
+        window_end(K0, 300), customer, f"{customer}-content", cdn, p2p, sessions, payloads
+    )
 
 
 ROWS = [
@@ -436,11 +508,20 @@ def test_render_sorts_by_traffic_and_formats(config):
     assert "window ending 10:05:00 UTC (60s of 300s)" in text
     order = [text.index(f" {c} ") for c in ("p2p-only", "big", "mid", "tiny", "nothing")]
     assert order == sorted(order)
-    cells = {c: _line(text, c).replace("│", "|").split("|") for c in
-             ("p2p-only", "big", "mid", "tiny", "nothing")}
+    cells = {
+        c: _line(text, c).replace("│", "|").split("|")
+        for c in ("p2p-only", "big", "mid", "tiny", "nothing")
+    }
     values = {c: [cell.strip() for cell in cells[c] if cell.strip()] for c in cells}
-    assert values["p2p-only"] == ["p2p-only", "p2p-only-content", "0 B", "2.5 GB", "100.0%",
-                                  "40", "10.0"]
+    assert values["p2p-only"] == [
+        "p2p-only",
+        "p2p-only-content",
+        "0 B",
+        "2.5 GB",
+        "100.0%",
+        "40",
+        "10.0",
+    ]
     assert values["big"] == ["big", "big-content", "5.0 MB", "3.0 MB", "37.5%", "9", "2.0"]
     assert values["mid"] == ["mid", "mid-content", "1.5 KB", "500 B", "25.0%", "2", "0.5"]
     assert values["tiny"] == ["tiny", "tiny-content", "999 B", "0 B", "0.0%", "0", "0.2"]

@@ -102,8 +102,9 @@ def zero(token: str, duration: int, **fields) -> dict:
 
 def memory(redis, config, token: str, k: int) -> bytes | None:
     """The token's memory value in window ``k``'s token hash."""
-    return redis.hget(Keys(config.key_prefix).tokens(shard_of(token, config.shards), k),
-                      token_key(token))
+    return redis.hget(
+        Keys(config.key_prefix).tokens(shard_of(token, config.shards), k), token_key(token)
+    )
 
 
 def groups(value: bytes) -> dict[int, list[int]]:
@@ -439,8 +440,9 @@ def test_the_duration_record_holds_only_the_last_three_windows(redis, config, se
             )
             assert value == expected.encode()
         # the token is held in one window's hash only
-        holders = [j for j in range(K - 3, k + 1)
-                   if redis.hexists(keys.tokens(0, j), token_key("t"))]
+        holders = [
+            j for j in range(K - 3, k + 1) if redis.hexists(keys.tokens(0, j), token_key("t"))
+        ]
         assert holders == [k]
 
     assert len(memory(redis, config, "t", K + 7)) < 400

@@ -113,8 +113,7 @@ def test_payloads_accepted_duplicate_and_rejected_by_reason(config, clock, redis
     del missing["cdn"]
     assert post(client, missing).status_code == 400
     too_big = json.dumps(payload(token="big", padding="x" * 5000)).encode()
-    assert client.post("/stats", data=too_big,
-                       content_type="application/json").status_code == 413
+    assert client.post("/stats", data=too_big, content_type="application/json").status_code == 413
     # Read-side errors are not payload rejections.
     assert client.get("/stats", query_string={"limit": "0"}).status_code == 400
 
@@ -174,9 +173,12 @@ def test_latency_histogram_is_labelled_by_route_pattern(config, clock, redis, po
     assert not {"/nope", "/nope/again", "/docs/assets/swagger-ui.css"} & endpoints
     # A histogram: cumulative buckets ending at +Inf == count, and a sum.
     for labels, count in counts.items():
-        buckets = {dict(lb)["le"]: v for (n, lb), v in samples.items()
-                   if n == "payload_stats_request_duration_seconds_bucket"
-                   and tuple(kv for kv in lb if kv[0] != "le") == labels}
+        buckets = {
+            dict(lb)["le"]: v
+            for (n, lb), v in samples.items()
+            if n == "payload_stats_request_duration_seconds_bucket"
+            and tuple(kv for kv in lb if kv[0] != "le") == labels
+        }
         assert buckets["+Inf"] == count
         ordered = [buckets[le] for le in sorted(buckets, key=float)]
         assert ordered == sorted(ordered)
@@ -198,10 +200,14 @@ def test_flush_metrics_windows_pending_and_oldest_age(config, clock, redis, pool
     client = create_app(config, clock=clock).test_client()
     other_replica = create_app(config, clock=clock).test_client()
     samples = scrape(client)
-    for name in ("payload_stats_flush_runs_total", "payload_stats_flush_failures_total",
-                 "payload_stats_flush_rows_total", "payload_stats_windows_pending",
-                 "payload_stats_oldest_unflushed_window_age_seconds",
-                 "payload_stats_flush_last_success_timestamp_seconds"):
+    for name in (
+        "payload_stats_flush_runs_total",
+        "payload_stats_flush_failures_total",
+        "payload_stats_flush_rows_total",
+        "payload_stats_windows_pending",
+        "payload_stats_oldest_unflushed_window_age_seconds",
+        "payload_stats_flush_last_success_timestamp_seconds",
+    ):
         assert value(samples, name) == 0, name
     assert value(samples, "payload_stats_redis_up") == 1
 
@@ -229,8 +235,9 @@ def test_flush_metrics_windows_pending_and_oldest_age(config, clock, redis, pool
     assert value(samples, "payload_stats_flush_failures_total") == 0
     assert value(samples, "payload_stats_windows_pending") == 1
     assert value(samples, "payload_stats_oldest_unflushed_window_age_seconds") == 2
-    assert abs(value(samples, "payload_stats_flush_last_success_timestamp_seconds")
-               - time.time()) < 60
+    assert (
+        abs(value(samples, "payload_stats_flush_last_success_timestamp_seconds") - time.time()) < 60
+    )
     assert 0 <= value(samples, "payload_stats_flush_duration_seconds") < 30
 
     clock.now = FIRST_END + 300 + 30
@@ -252,9 +259,9 @@ def test_flush_metrics_windows_pending_and_oldest_age(config, clock, redis, pool
     assert value(samples, "payload_stats_windows_pending") == 1
     assert value(samples, "payload_stats_oldest_unflushed_window_age_seconds") == 30
     # Every replica reads the same flush figures from Redis.
-    assert {k: v for k, v in scrape(other_replica).items() if "flush" in k[0]
-            or "window" in k[0]} == {k: v for k, v in samples.items()
-                                     if "flush" in k[0] or "window" in k[0]}
+    assert {
+        k: v for k, v in scrape(other_replica).items() if "flush" in k[0] or "window" in k[0]
+    } == {k: v for k, v in samples.items() if "flush" in k[0] or "window" in k[0]}
 
 
 def test_frozen_snapshots_are_pending(config, clock, redis, pool):
@@ -288,9 +295,12 @@ def _free_port() -> int:
 
 def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
     """One request on a new connection (urllib closes it afterwards)."""
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              "Connection": "close"})
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method=method,
+        headers={"Content-Type": "application/json", "Connection": "close"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()
@@ -298,8 +308,9 @@ def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]
         return exc.code, exc.read()
 
 
-def _per_worker(metrics_dir: Path, scratch: Path, kind: str, sample: str,
-                **labels: str) -> dict[str, float]:
+def _per_worker(
+    metrics_dir: Path, scratch: Path, kind: str, sample: str, **labels: str
+) -> dict[str, float]:
     """{worker pid: value of ``sample``} from each worker's own multiprocess file."""
     out = {}
     for path in sorted(metrics_dir.glob(f"{kind}_*.db")):
@@ -323,17 +334,38 @@ def gunicorn(config: Config, pool, tmp_path: Path) -> Iterator[tuple[str, Path]]
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     port = _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("STATS_", "GUNICORN_", "PROMETHEUS_"))
-           and k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(REDIS_URL=config.redis_url, DATABASE_URL=config.database_url,
-               STATS_KEY_PREFIX=config.key_prefix, STATS_SHARDS=str(config.shards),
-               PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), STATS_LOG_FORMAT="json")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("STATS_", "GUNICORN_", "PROMETHEUS_"))
+        and k not in ("REDIS_URL", "DATABASE_URL")
+    }
+    env.update(
+        REDIS_URL=config.redis_url,
+        DATABASE_URL=config.database_url,
+        STATS_KEY_PREFIX=config.key_prefix,
+        STATS_SHARDS=str(config.shards),
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        STATS_LOG_FORMAT="json",
+    )
     log = (tmp_path / "gunicorn.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "python:payload_stats.web.gunicorn_conf",
-         "--bind", f"127.0.0.1:{port}", "--workers", "2", "payload_stats.web.app:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:payload_stats.web.gunicorn_conf",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "payload_stats.web.app:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -375,8 +407,9 @@ def test_metrics_sum_both_gunicorn_workers(gunicorn, tmp_path):
             statuses = list(pool.map(send, range(sent, sent + 8)))
             assert statuses == [200] * 8
             sent += 8
-            accepted = _per_worker(metrics_dir, scratch, "counter",
-                                   "payload_stats_payloads_accepted_total")
+            accepted = _per_worker(
+                metrics_dir, scratch, "counter", "payload_stats_payloads_accepted_total"
+            )
             if round_ >= 4 and sum(1 for v in accepted.values() if v > 0) >= 2:
                 break
         assert sum(1 for v in accepted.values() if v > 0) == 2, accepted
@@ -390,9 +423,13 @@ def test_metrics_sum_both_gunicorn_workers(gunicorn, tmp_path):
         # Ask until both workers have answered /metrics; every answer is the total.
         for _ in range(40):
             assert list(pool.map(metric, range(6))) == [sent] * 6
-            answered = _per_worker(metrics_dir, scratch, "histogram",
-                                   "payload_stats_request_duration_seconds_count",
-                                   endpoint="/metrics")
+            answered = _per_worker(
+                metrics_dir,
+                scratch,
+                "histogram",
+                "payload_stats_request_duration_seconds_count",
+                endpoint="/metrics",
+            )
             if sum(1 for v in answered.values() if v > 0) >= 2:
                 break
         assert sum(1 for v in answered.values() if v > 0) == 2, answered
@@ -426,9 +463,12 @@ def _routes(app) -> set[tuple[str, str]]:
 @one_shard
 def test_openapi_document_lists_every_route(app):
     spec = app.test_client().get("/openapi.json").get_json()
-    documented = {(path, method) for path, item in spec["paths"].items()
-                  for method in item if method in
-                  ("get", "put", "post", "delete", "patch", "head", "options", "trace")}
+    documented = {
+        (path, method)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+    }
     routes = _routes(app)
     assert {("/stats", "get"), ("/stats", "post"), ("/stats/live", "get")} <= routes
     assert sorted(routes - documented) == []
@@ -440,14 +480,30 @@ def test_read_endpoints_document_their_parameters_and_errors(client):
     spec = client.get("/openapi.json").get_json()
     history = spec["paths"]["/stats"]["get"]
     names = {p["name"] for p in history["parameters"]}
-    assert names == {"customer", "content", "from", "to", "order", "limit", "cursor",
-                     "group_by", "bucket"}
+    assert names == {
+        "customer",
+        "content",
+        "from",
+        "to",
+        "order",
+        "limit",
+        "cursor",
+        "group_by",
+        "bucket",
+    }
     assert {"200", "400", "401", "503"} <= set(history["responses"])
     live = spec["paths"]["/stats/live"]["get"]
     assert {p["name"] for p in live["parameters"]} == {"customer", "content"}
     payload_schema = spec["components"]["schemas"]["Payload"]
-    assert set(payload_schema["required"]) == {"token", "customer", "content", "timespan",
-                                               "p2p", "cdn", "sessionDuration"}
+    assert set(payload_schema["required"]) == {
+        "token",
+        "customer",
+        "content",
+        "timespan",
+        "p2p",
+        "cdn",
+        "sessionDuration",
+    }
 
 
 def _references(page: str) -> list[str]:
@@ -480,8 +536,9 @@ def test_docs_page_uses_only_local_assets(client):
             assert not re.search(r"""(?:url\(\s*["']?|@import\s+["'])\s*(?:https?:)?//""", css)
         if ref.endswith(".js"):
             assert "javascript" in asset.mimetype
-    assert "openapi.json" in {urlparse(urljoin("http://localhost/docs", r)).path.lstrip("/")
-                              for r in refs}
+    assert "openapi.json" in {
+        urlparse(urljoin("http://localhost/docs", r)).path.lstrip("/") for r in refs
+    }
 
 
 @one_shard
@@ -496,8 +553,11 @@ def test_docs_page_turns_off_the_online_validator_badge(client):
 
 @one_shard
 def test_docs_assets_serve_nothing_outside_the_bundle(client):
-    for path in ("/docs/assets/..%2F..%2F__init__.py", "/docs/assets/%2E%2E%2Fopenapi.py",
-                 "/docs/assets/..%5C__init__.py"):
+    for path in (
+        "/docs/assets/..%2F..%2F__init__.py",
+        "/docs/assets/%2E%2E%2Fopenapi.py",
+        "/docs/assets/..%5C__init__.py",
+    ):
         assert client.get(path).status_code == 404, path
 
 
@@ -543,8 +603,10 @@ def test_json_formatter_one_object_per_line():
     logger.addHandler(handler)
     try:
         when = datetime(2026, 11, 26, 10, 5, tzinfo=timezone.utc)
-        logger.info("something_happened", extra={"rows": 3, "reason": "two\nlines",
-                                                 "ratio": 0.5, "when": when, "none": None})
+        logger.info(
+            "something_happened",
+            extra={"rows": 3, "reason": "two\nlines", "ratio": 0.5, "when": when, "none": None},
+        )
         logger.warning("with %s args", "lazy")
         try:
             raise ValueError("boom\nagain")
@@ -555,15 +617,36 @@ def test_json_formatter_one_object_per_line():
     text = stream.getvalue()
     assert text.count("\n") == 3
     first, second, third = lines(stream)
-    assert set(first) == {"timestamp", "level", "logger", "event", "rows", "reason", "ratio",
-                          "when", "none"}
+    assert set(first) == {
+        "timestamp",
+        "level",
+        "logger",
+        "event",
+        "rows",
+        "reason",
+        "ratio",
+        "when",
+        "none",
+    }
     assert TIMESTAMP.fullmatch(first["timestamp"])
-    assert abs(datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).timestamp()
-               - time.time()) < 60
+    assert (
+        abs(
+            datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00")).timestamp()
+            - time.time()
+        )
+        < 60
+    )
     assert (first["level"], first["logger"], first["event"]) == (
-        "info", "tests.json_formatter", "something_happened")
+        "info",
+        "tests.json_formatter",
+        "something_happened",
+    )
     assert (first["rows"], first["reason"], first["ratio"], first["none"]) == (
-        3, "two\nlines", 0.5, None)
+        3,
+        "two\nlines",
+        0.5,
+        None,
+    )
     assert first["when"] == str(when)
     assert (second["level"], second["event"]) == ("warning", "with lazy args")
     assert (third["level"], third["event"], third["step"]) == ("error", "it_failed", "x")
@@ -572,9 +655,10 @@ def test_json_formatter_one_object_per_line():
 
 def test_flush_logs_event_flush_with_its_figures(config, clock, redis, pool, json_log):
     client = create_app(config, clock=clock).test_client()
-    sent = [payload(token="secret-token-1", customer="a", cdn=100, p2p=300),
-            payload(token="secret-token-2", customer="b", cdn=10, p2p=0,
-                    sessionDuration=900_000)]
+    sent = [
+        payload(token="secret-token-1", customer="a", cdn=100, p2p=300),
+        payload(token="secret-token-2", customer="b", cdn=10, p2p=0, sessionDuration=900_000),
+    ]
     for body in sent:
         assert post(client, body).status_code == 200
     clock.advance(300)
@@ -590,7 +674,13 @@ def test_flush_logs_event_flush_with_its_figures(config, clock, redis, pool, jso
     assert entry["logger"] == "payload_stats.flush.flusher"
     assert TIMESTAMP.fullmatch(entry["timestamp"])
     assert {k: entry[k] for k in ("windows", "rows", "cdn", "p2p", "sessions", "lag_s")} == {
-        "windows": 2, "rows": 3, "cdn": 111, "p2p": 302, "sessions": 2, "lag_s": 307.0}
+        "windows": 2,
+        "rows": 3,
+        "cdn": 111,
+        "p2p": 302,
+        "sessions": 2,
+        "lag_s": 307.0,
+    }
     assert isinstance(entry["duration_ms"], int) and 0 <= entry["duration_ms"] < 30_000
     # No payload content at info level.
     assert "secret-token" not in json_log.getvalue()

@@ -37,8 +37,7 @@ def insert(pool, times: Iterable[datetime], customer: str = "acme") -> None:
     with connection(pool) as conn, conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) "
-            "VALUES %s",
+            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) VALUES %s",
             [(t, f"{customer}-{i}", "movie", i, i, 1, 1) for i, t in enumerate(times)],
         )
 
@@ -88,13 +87,26 @@ def spy_pool(config: Config, pool) -> Iterator[ThreadedConnectionPool]:
 @one_shard
 def test_prune_deletes_exactly_the_older_rows_in_batches(pool, spy_pool):
     cutoff = NOW - timedelta(days=365)
-    old = [cutoff - US, cutoff - timedelta(seconds=1), cutoff - timedelta(minutes=5),
-           cutoff - timedelta(hours=1), cutoff - timedelta(days=1),
-           cutoff - timedelta(days=30), cutoff - timedelta(days=400),
-           cutoff - timedelta(days=3650), datetime(2001, 1, 1, tzinfo=timezone.utc),
-           cutoff - timedelta(days=2, minutes=5)]
-    kept = [cutoff, cutoff + US, cutoff + timedelta(minutes=5), NOW - timedelta(days=1),
-            NOW, NOW + timedelta(minutes=5)]
+    old = [
+        cutoff - US,
+        cutoff - timedelta(seconds=1),
+        cutoff - timedelta(minutes=5),
+        cutoff - timedelta(hours=1),
+        cutoff - timedelta(days=1),
+        cutoff - timedelta(days=30),
+        cutoff - timedelta(days=400),
+        cutoff - timedelta(days=3650),
+        datetime(2001, 1, 1, tzinfo=timezone.utc),
+        cutoff - timedelta(days=2, minutes=5),
+    ]
+    kept = [
+        cutoff,
+        cutoff + US,
+        cutoff + timedelta(minutes=5),
+        NOW - timedelta(days=1),
+        NOW,
+        NOW + timedelta(minutes=5),
+    ]
     insert(pool, old, "old")
     insert(pool, kept, "kept")
 
@@ -147,11 +159,16 @@ def test_prune_also_drops_old_ledger_entries(pool, spy_pool):
     cutoff = NOW - timedelta(days=365)
     with connection(pool) as conn, conn, conn.cursor() as cur:
         psycopg2.extras.execute_values(
-            cur, "INSERT INTO flush_ledger (snapshot_id, window_end, flushed_at) VALUES %s",
-            [(f"old-{i}", cutoff - timedelta(days=i + 1), cutoff - timedelta(days=i, seconds=1))
-             for i in range(4)]
-            + [(f"new-{i}", cutoff + timedelta(days=i), cutoff + timedelta(days=i))
-               for i in range(3)],
+            cur,
+            "INSERT INTO flush_ledger (snapshot_id, window_end, flushed_at) VALUES %s",
+            [
+                (f"old-{i}", cutoff - timedelta(days=i + 1), cutoff - timedelta(days=i, seconds=1))
+                for i in range(4)
+            ]
+            + [
+                (f"new-{i}", cutoff + timedelta(days=i), cutoff + timedelta(days=i))
+                for i in range(3)
+            ],
         )
     insert(pool, [cutoff - timedelta(days=1)])
     # The count returned is of stats rows only.
@@ -178,8 +195,15 @@ def test_prune_logs_what_it_deleted(pool, caplog):
 @one_shard
 def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
     clock = FakeClock(START)
-    insert(pool, [NOW - timedelta(days=31), NOW - timedelta(days=30, seconds=1),
-                  NOW - timedelta(days=30), NOW - timedelta(days=29)])
+    insert(
+        pool,
+        [
+            NOW - timedelta(days=31),
+            NOW - timedelta(days=30, seconds=1),
+            NOW - timedelta(days=30),
+            NOW - timedelta(days=29),
+        ],
+    )
     job = RetentionJob(pool, config.replace(retention_days=30), clock)
     with caplog.at_level(logging.INFO, logger="payload_stats.flush.retention"):
         job()
@@ -202,8 +226,11 @@ def test_retention_job_with_postgres_down_logs_and_does_not_raise(config, caplog
 
 
 def _jobs(config: Config, redis, pool, *, with_retention: bool = True) -> dict:
-    scheduler = build_scheduler(FlushJob(redis, pool, config), config,
-                                RetentionJob(pool, config) if with_retention else None)
+    scheduler = build_scheduler(
+        FlushJob(redis, pool, config),
+        config,
+        RetentionJob(pool, config) if with_retention else None,
+    )
     return {job.id: job for job in scheduler.get_jobs()}
 
 

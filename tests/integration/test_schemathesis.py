@@ -50,19 +50,35 @@ def test_every_operation_answers_as_documented(config, pool):
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {
-        "POST /stats", "GET /stats", "POST /stats/batch", "GET /stats/live",
-        "GET /healthz", "GET /readyz", "GET /metrics"}
+        "POST /stats",
+        "GET /stats",
+        "POST /stats/batch",
+        "GET /stats/live",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    }
 
     failures = []
     for operation in operations:
-        inputs = (operation.path_parameters, operation.query, operation.headers,
-                  operation.cookies, operation.body)
+        inputs = (
+            operation.path_parameters,
+            operation.query,
+            operation.headers,
+            operation.cookies,
+            operation.body,
+        )
         for mode in GenerationMode:
             if mode is GenerationMode.NEGATIVE and not any(len(i) for i in inputs):
                 continue  # nothing to make invalid (GET /healthz)
 
-            @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
-                      database=None, suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def check(case):
                 case.call_and_validate(checks=CHECKS)

@@ -28,7 +28,11 @@ class Timeline:
 
     def __init__(self, client, redis, pool, config, clock) -> None:
         self.client, self.redis, self.pool, self.config, self.clock = (
-            client, redis, pool, config, clock,
+            client,
+            redis,
+            pool,
+            config,
+            clock,
         )
         self.length = config.window_seconds
         self.k = window_index(clock(), self.length)  # the first window of the test
@@ -172,22 +176,53 @@ def test_seen_token_starts_a_session_with_zero_bytes_and_short_duration(timeline
     tl = timeline
     long_ms = tl.length * 1000
     # Seen (long duration, bytes): no session; zero bytes but long: still none.
-    tl.send(tl.start(0) + 10, token="S", customer="A", content="X", cdn=10, p2p=0,
-            sessionDuration=long_ms + 5_000)
+    tl.send(
+        tl.start(0) + 10,
+        token="S",
+        customer="A",
+        content="X",
+        cdn=10,
+        p2p=0,
+        sessionDuration=long_ms + 5_000,
+    )
     # The same story inside one window, for another token.
-    tl.send(tl.start(0) + 20, token="S2", customer="A", content="Z", cdn=3, p2p=4,
-            sessionDuration=long_ms)
-    tl.send(tl.start(0) + 40, token="S", customer="A", content="X", cdn=0, p2p=0,
-            sessionDuration=long_ms + 35_000)
-    tl.send(tl.start(0) + 50, token="S2", customer="A", content="Z", cdn=0, p2p=0,
-            sessionDuration=long_ms - 1)
+    tl.send(
+        tl.start(0) + 20,
+        token="S2",
+        customer="A",
+        content="Z",
+        cdn=3,
+        p2p=4,
+        sessionDuration=long_ms,
+    )
+    tl.send(
+        tl.start(0) + 40,
+        token="S",
+        customer="A",
+        content="X",
+        cdn=0,
+        p2p=0,
+        sessionDuration=long_ms + 35_000,
+    )
+    tl.send(
+        tl.start(0) + 50,
+        token="S2",
+        customer="A",
+        content="Z",
+        cdn=0,
+        p2p=0,
+        sessionDuration=long_ms - 1,
+    )
     # Next window, under another customer/content: zero bytes, short: starts one.
-    tl.send(tl.start(1) + 5, token="S", customer="B", content="Y", cdn=0, p2p=0,
-            sessionDuration=1_000)
-    tl.send(tl.start(1) + 35, token="S", customer="B", content="Y", cdn=0, p2p=0,
-            sessionDuration=2_000)
-    tl.send(tl.start(2) + 5, token="S", customer="A", content="X", cdn=0, p2p=0,
-            sessionDuration=3_000)
+    tl.send(
+        tl.start(1) + 5, token="S", customer="B", content="Y", cdn=0, p2p=0, sessionDuration=1_000
+    )
+    tl.send(
+        tl.start(1) + 35, token="S", customer="B", content="Y", cdn=0, p2p=0, sessionDuration=2_000
+    )
+    tl.send(
+        tl.start(2) + 5, token="S", customer="A", content="X", cdn=0, p2p=0, sessionDuration=3_000
+    )
     tl.flush(2)
 
     assert tl.rows() == {
@@ -200,14 +235,16 @@ def test_seen_token_starts_a_session_with_zero_bytes_and_short_duration(timeline
 
 def test_session_is_counted_under_the_payload_that_started_it(timeline):
     tl = timeline
-    tl.send(tl.start(0) + 1, token="M", customer="A", content="X", cdn=1, p2p=0,
-            sessionDuration=0)
-    tl.send(tl.start(0) + 31, token="M", customer="B", content="Y", cdn=2, p2p=0,
-            sessionDuration=30_000)
-    tl.send(tl.start(1) + 1, token="M", customer="A", content="X", cdn=3, p2p=0,
-            sessionDuration=60_000)
-    tl.send(tl.start(1) + 2, token="M", customer="C", content="W", cdn=0, p2p=0,
-            sessionDuration=61_000)
+    tl.send(tl.start(0) + 1, token="M", customer="A", content="X", cdn=1, p2p=0, sessionDuration=0)
+    tl.send(
+        tl.start(0) + 31, token="M", customer="B", content="Y", cdn=2, p2p=0, sessionDuration=30_000
+    )
+    tl.send(
+        tl.start(1) + 1, token="M", customer="A", content="X", cdn=3, p2p=0, sessionDuration=60_000
+    )
+    tl.send(
+        tl.start(1) + 2, token="M", customer="C", content="W", cdn=0, p2p=0, sessionDuration=61_000
+    )
     tl.flush(1)
 
     assert tl.rows() == {
@@ -241,8 +278,14 @@ def test_many_tokens_in_every_shard(timeline, config):
         )
     tl.flush(0)
     for i, token in enumerate(tokens):  # window k+1: zero bytes, short duration
-        send(tl.start(1) + 10 + i, token=token, customer=f"c{i % 2}", cdn=0, p2p=0,
-             sessionDuration=100_000 + i)
+        send(
+            tl.start(1) + 10 + i,
+            token=token,
+            customer=f"c{i % 2}",
+            cdn=0,
+            p2p=0,
+            sessionDuration=100_000 + i,
+        )
     tl.flush(1)
 
     # Each token started exactly one session: kinds 0 and 2 in window k, kind 1 in k+1.
@@ -252,15 +295,28 @@ def test_many_tokens_in_every_shard(timeline, config):
 
 
 NAMES = [
-    ("a:b", "c"), ("a", "b:c"),
-    ("1:x", "y"), ("1", "x:y"),
-    ("3:a:b", "c"), ("3", "a:b:c"), ("a:", ":b"), (":", ":"),
-    ("📺 Ch🎬", "🎞️"), ("👨\u200d👩\u200d👧", "family"),
-    ("日本語チャンネル", "番組"), ("한국어", "콘텐츠"),
-    ("قناة الجزيرة", "ערוץ"), ("\u202eevil", "rtl-override"),
-    ("e\u0301", "nfd"), ("é", "nfd"),  # NFD and NFC: two different strings
-    (" padded ", "x"), ("padded", "x"),
-    ('quote " comma ,', "csv"), ("\\.", "\\N"), ("NULL", "%_"), ("a\\b", "'"),
+    ("a:b", "c"),
+    ("a", "b:c"),
+    ("1:x", "y"),
+    ("1", "x:y"),
+    ("3:a:b", "c"),
+    ("3", "a:b:c"),
+    ("a:", ":b"),
+    (":", ":"),
+    ("📺 Ch🎬", "🎞️"),
+    ("👨\u200d👩\u200d👧", "family"),
+    ("日本語チャンネル", "番組"),
+    ("한국어", "콘텐츠"),
+    ("قناة الجزيرة", "ערוץ"),
+    ("\u202eevil", "rtl-override"),
+    ("e\u0301", "nfd"),
+    ("é", "nfd"),  # NFD and NFC: two different strings
+    (" padded ", "x"),
+    ("padded", "x"),
+    ('quote " comma ,', "csv"),
+    ("\\.", "\\N"),
+    ("NULL", "%_"),
+    ("a\\b", "'"),
     ("📺" * 256, "c" * 256),
 ]
 
@@ -271,13 +327,34 @@ def test_unicode_and_separator_colliding_names_stay_apart(timeline):
     t = tl.start(0) + 1
     for i, (customer, content) in enumerate(NAMES):
         # Two devices per pair: one starts a session, one (long duration) does not.
-        tl.send(t, token=f"u{i}-a", customer=customer, content=content,
-                cdn=1_000 * (i + 1) + 1, p2p=i + 1, sessionDuration=i)
-        tl.send(t, token=f"u{i}-b", customer=customer, content=content,
-                cdn=1_000 * (i + 1) + 2, p2p=2 * (i + 1), sessionDuration=long_ms + i)
+        tl.send(
+            t,
+            token=f"u{i}-a",
+            customer=customer,
+            content=content,
+            cdn=1_000 * (i + 1) + 1,
+            p2p=i + 1,
+            sessionDuration=i,
+        )
+        tl.send(
+            t,
+            token=f"u{i}-b",
+            customer=customer,
+            content=content,
+            cdn=1_000 * (i + 1) + 2,
+            p2p=2 * (i + 1),
+            sessionDuration=long_ms + i,
+        )
     # One pair again in the next window.
-    tl.send(tl.start(1) + 1, token="u0-a", customer="a:b", content="c", cdn=9, p2p=9,
-            sessionDuration=30_000)
+    tl.send(
+        tl.start(1) + 1,
+        token="u0-a",
+        customer="a:b",
+        content="c",
+        cdn=9,
+        p2p=9,
+        sessionDuration=30_000,
+    )
     tl.flush(1)
 
     expected = {
@@ -316,7 +393,9 @@ def test_random_timelines_follow_the_session_rule(timeline, seed):
             used.add(duration)
             zero = rng.random() < 0.35
             fields = {
-                "token": token, "customer": pair[0], "content": pair[1],
+                "token": token,
+                "customer": pair[0],
+                "content": pair[1],
                 "cdn": 0 if zero else rng.randint(0, 10**6),
                 "p2p": 0 if zero else rng.choice([0, rng.randint(0, 10**6)]),
                 "sessionDuration": duration,

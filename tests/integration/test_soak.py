@@ -24,10 +24,28 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_soak_short_run_has_no_mismatch(redis_url: str, database_url: str):
     seed = random.randrange(2**32)
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--duration", "20",
-         "--processes", "3", "--rate", "100", "--window", "2", "--seed", str(seed),
-         "--redis-url", redis_url, "--database-url", database_url],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "soak.py"),
+            "--duration",
+            "20",
+            "--processes",
+            "3",
+            "--rate",
+            "100",
+            "--window",
+            "2",
+            "--seed",
+            str(seed),
+            "--redis-url",
+            redis_url,
+            "--database-url",
+            database_url,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     print(done.stdout, done.stderr)  # shown by pytest when the test fails
     assert done.returncode == 0, f"seed {seed}"
