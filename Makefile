@@ -1,14 +1,17 @@
 # Common tasks; each is one plain command you can also type yourself.
-.PHONY: install test lint serve
+.PHONY: install test lint format serve
 
 install:
 	pip install -e '.[test]'
 
 test:
-	pytest
+	ruff check . && ruff format --check . && pytest
 
 lint:
-	ruff check .
+	ruff check . && ruff format --check .
+
+format:
+	ruff check --fix . && ruff format .
 
 serve:
 	payload-stats serve

@@ -1,18 +1,25 @@
 """Configuration: every environment variable, typed and validated once.
 
 ``Config.from_env()`` is the only place the process environment is read for
-settings. Invalid values raise :class:`ConfigError` with a one-line message
-that names the variable, so a misconfigured process fails at start.
+settings; the parsing is environs' (marshmallow fields and validators).
+Invalid values raise :class:`ConfigError` with a one-line message that names
+the variable, so a misconfigured process fails at start. ``.env.example``
+documents every variable.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from environs import Env, EnvValidationError
+from marshmallow import ValidationError
+from marshmallow.validate import OneOf, Range
+
 FAILPOINTS = ("after_freeze", "mid_batch", "after_commit")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -48,27 +55,21 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the configuration from ``environ`` (default ``os.environ``).
 
-        Raises ConfigError on the first invalid variable.
+        A variable set to a blank value counts as unset. Raises ConfigError
+        naming the first invalid variable.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, (attr, parse) in _VARIABLES.items():
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[attr] = parse(raw.strip())
-            except ValueError as exc:
-                # URLs and tokens may hold passwords: never echo them.
-                shown = "" if name in _SECRET else f" (got {raw!r})"
-                raise ConfigError(f"{name}: {exc}{shown}") from None
+        env = _Env(os.environ if environ is None else environ)
+        defaults = cls()
+        values = {
+            attr: getattr(env, kind)(name, getattr(defaults, attr), **options)
+            for name, (attr, kind, options) in _VARIABLES.items()
+        }
+        try:
+            env.seal()
+        except EnvValidationError as exc:
+            raise ConfigError(_one_line(exc.error_messages, env)) from None
+        values["log_level"] = values["log_level"].upper()
         return cls(**values)
-
-    def replace(self, **changes: Any) -> Config:
-        """A copy with ``changes`` applied (used by tests and the embedded launcher)."""
-        current = {f.name: getattr(self, f.name) for f in fields(self)}
-        current.update(changes)
-        return type(self)(**current)
 
     def __post_init__(self) -> None:
         if self.dedup_seconds is not None and self.dedup_seconds > 2 * self.window_seconds:
@@ -89,102 +90,113 @@ class Config:
         return -(-seconds // self.window_seconds)
 
 
-def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError("must be an integer") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-            raise ValueError(f"must be {bounds}")
-        return value
+class _Env(Env):
+    """environs over a given mapping, with blank values counting as unset.
 
-    return parse
+    environs reads ``os.environ`` itself; its value lookup is overridden so
+    that tests and ``--bind`` checks can pass a mapping of their own.
+    """
 
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(eager=False)
+        self.source = environ
 
-def _number(low: float, *, exclusive: bool = False) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("must be a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError("must be a finite number")
-        if value < low or (exclusive and value == low):
-            raise ValueError(f"must be {'>' if exclusive else '>='} {low:g}")
-        return value
-
-    return parse
+    def _get_value(self, env_key: str, default: Any) -> Any:
+        raw = self.source.get(env_key)
+        if raw is None or not raw.strip():
+            return default
+        return raw.strip()
 
 
-def _url(*schemes: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+def _one_line(errors: Mapping[str, Any], env: _Env) -> str:
+    name = next(iter(errors))
+    messages = errors[name]
+    text = " ".join(messages) if isinstance(messages, list) else str(messages)
+    # URLs and tokens may hold passwords: never echo them.
+    shown = "" if name in _SECRET else f" (got {env.source.get(name, '').strip()!r})"
+    return f"{name}: {text.rstrip('.')}{shown}"
+
+
+def _url(*schemes: str) -> Callable[[str], None]:
+    def check(raw: str) -> None:
         scheme = raw.split("://", 1)[0] if "://" in raw else ""
         if scheme not in schemes:
             starts = " or ".join(s + "://" for s in schemes)
-            raise ValueError(f"must be a URL starting with {starts}")
-        return raw
+            raise ValidationError(f"must be a URL starting with {starts}")
 
-    return parse
+    return check
 
 
-def _key_prefix(raw: str) -> str:
+def _key_prefix(raw: str) -> None:
     # The hash tag {shard} must be the first braces in every key name.
     if any(c in raw for c in "{}") or any(c.isspace() for c in raw):
-        raise ValueError("must not contain braces or white space")
-    return raw
+        raise ValidationError("must not contain braces or white space")
 
 
-def _bind(raw: str) -> str:
+def check_bind(raw: str) -> None:
+    """Raise ValidationError unless ``raw`` is HOST:PORT."""
     host, sep, port = raw.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("must be HOST:PORT")
-    return raw
+        raise ValidationError("must be HOST:PORT")
 
 
-def _log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    return level
+def _log_level(raw: str) -> None:
+    if raw.upper() not in LOG_LEVELS:
+        raise ValidationError(f"must be one of {', '.join(LOG_LEVELS)}")
 
 
-def _log_format(raw: str) -> str:
-    if raw not in ("text", "json"):
-        raise ValueError("must be text or json")
-    return raw
+def _positive(raw: float) -> None:
+    if not raw > 0:
+        raise ValidationError("must be > 0")
 
 
-def _failpoint(raw: str) -> str:
-    if raw not in FAILPOINTS:
-        raise ValueError(f"must be one of {', '.join(FAILPOINTS)}")
-    return raw
+def _finite(raw: float) -> None:
+    if raw != raw or raw in (float("inf"), float("-inf")):
+        raise ValidationError("must be a finite number")
 
 
-_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "REDIS_URL": ("redis_url", _url("redis", "rediss", "unix")),
-    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
-    "STATS_WINDOW_SECONDS": ("window_seconds", _integer(1, 86400)),
-    "STATS_FLUSH_GRACE_SECONDS": ("flush_grace_seconds", _number(0)),
-    "STATS_FLUSH_INTERVAL_SECONDS": ("flush_interval_seconds", _number(0, exclusive=True)),
-    "STATS_SHARDS": ("shards", _integer(1, 16384)),
-    "STATS_DEDUP_SECONDS": ("dedup_seconds", _integer(0, 2 * 86400)),
-    "STATS_KEY_PREFIX": ("key_prefix", _key_prefix),
-    "STATS_MAX_BODY_BYTES": ("max_body_bytes", _integer(1024)),
-    "STATS_REDIS_TIMEOUT_SECONDS": ("redis_timeout_seconds", _number(0, exclusive=True)),
-    "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", _integer(1, 100_000)),
-    "STATS_FLUSH_LOCK_SECONDS": ("flush_lock_seconds", _number(1)),
-    "STATS_DATA_DIR": ("data_dir", str),
-    "STATS_BIND": ("bind", _bind),
-    "STATS_WEB_WORKERS": ("web_workers", _integer(0, 1024)),
-    "STATS_WEB_THREADS": ("web_threads", _integer(1, 256)),
-    "STATS_LOG_LEVEL": ("log_level", _log_level),
-    "STATS_LOG_FORMAT": ("log_format", _log_format),
-    "STATS_RETENTION_DAYS": ("retention_days", _integer(0)),
-    "STATS_API_TOKEN": ("api_token", str),
-    "STATS_INGEST_TOKEN": ("ingest_token", str),
-    "STATS_FAILPOINT": ("failpoint", _failpoint),
+_NUMBER = {"allow_nan": True}  # NaN and infinities get our own message, not a parse error
+
+# Environment variable -> (Config attribute, environs parser, its options).
+_VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "REDIS_URL": ("redis_url", "str", {"validate": _url("redis", "rediss", "unix")}),
+    "DATABASE_URL": ("database_url", "str", {"validate": _url("postgresql", "postgres")}),
+    "STATS_WINDOW_SECONDS": ("window_seconds", "int", {"validate": Range(1, 86400)}),
+    "STATS_FLUSH_GRACE_SECONDS": (
+        "flush_grace_seconds",
+        "float",
+        {**_NUMBER, "validate": [_finite, Range(0)]},
+    ),
+    "STATS_FLUSH_INTERVAL_SECONDS": (
+        "flush_interval_seconds",
+        "float",
+        {**_NUMBER, "validate": [_finite, _positive]},
+    ),
+    "STATS_SHARDS": ("shards", "int", {"validate": Range(1, 16384)}),
+    "STATS_DEDUP_SECONDS": ("dedup_seconds", "int", {"validate": Range(0, 2 * 86400)}),
+    "STATS_KEY_PREFIX": ("key_prefix", "str", {"validate": _key_prefix}),
+    "STATS_MAX_BODY_BYTES": ("max_body_bytes", "int", {"validate": Range(1024)}),
+    "STATS_REDIS_TIMEOUT_SECONDS": (
+        "redis_timeout_seconds",
+        "float",
+        {**_NUMBER, "validate": [_finite, _positive]},
+    ),
+    "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", "int", {"validate": Range(1, 100_000)}),
+    "STATS_FLUSH_LOCK_SECONDS": (
+        "flush_lock_seconds",
+        "float",
+        {**_NUMBER, "validate": [_finite, Range(1)]},
+    ),
+    "STATS_DATA_DIR": ("data_dir", "str", {}),
+    "STATS_BIND": ("bind", "str", {"validate": check_bind}),
+    "STATS_WEB_WORKERS": ("web_workers", "int", {"validate": Range(0, 1024)}),
+    "STATS_WEB_THREADS": ("web_threads", "int", {"validate": Range(1, 256)}),
+    "STATS_LOG_LEVEL": ("log_level", "str", {"validate": _log_level}),
+    "STATS_LOG_FORMAT": ("log_format", "str", {"validate": OneOf(("text", "json"))}),
+    "STATS_RETENTION_DAYS": ("retention_days", "int", {"validate": Range(0)}),
+    "STATS_API_TOKEN": ("api_token", "str", {}),
+    "STATS_INGEST_TOKEN": ("ingest_token", "str", {}),
+    "STATS_FAILPOINT": ("failpoint", "str", {"validate": OneOf(FAILPOINTS)}),
 }
 
 _SECRET = {"REDIS_URL", "DATABASE_URL", "STATS_API_TOKEN", "STATS_INGEST_TOKEN"}

@@ -1,15 +1,17 @@
 """Logging: event names plus structured fields, as text or one JSON object per line.
 
 Code logs ``logger.info("flush", extra={"rows": 3, ...})``; the formatter
-prints the event and every extra field.
+prints the event and every extra field. JSON lines are python-json-logger's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import datetime, timezone
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
 
 from .config import Config
 
@@ -41,18 +43,23 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class JSONFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "timestamp": _timestamp(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        entry.update(_fields(record))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+class JSONFormatter(JsonFormatter):
+    """One object per line: timestamp, level, logger, event, then the extra fields."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(message)s",
+            rename_fields={"message": "event", "exc_info": "exception"},
+            json_ensure_ascii=False,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["timestamp"] = _timestamp(record)
+        log_data["level"] = record.levelname.lower()
+        log_data["logger"] = record.name
+        super().add_fields(log_data, record, message_dict)
 
 
 class _Handler(logging.StreamHandler):

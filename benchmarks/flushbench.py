@@ -15,6 +15,7 @@ import io
 import multiprocessing
 import resource
 import time
+from dataclasses import replace
 from typing import Any
 
 import psycopg2
@@ -49,7 +50,7 @@ def _rss_mb() -> float:
 
 
 def _flush_child(config: Config, queue: Any) -> None:
-    redis = redis_client(config.replace(redis_timeout_seconds=60))
+    redis = redis_client(replace(config, redis_timeout_seconds=60))
     pool = database_pool(config, 1)
     rss_before = _rss_mb()
     started = time.perf_counter()
@@ -107,7 +108,7 @@ def run(config: Config, n: int) -> dict[str, Any]:
     pool = database_pool(config, 1)
     migrate(pool)
     pool.closeall()
-    redis = redis_client(config.replace(redis_timeout_seconds=60))
+    redis = redis_client(replace(config, redis_timeout_seconds=60))
     at = fill.past_instant(time.time(), config.window_seconds)
     started = time.perf_counter()
     fill.record_all(redis, config, fill.key_payloads(n), at)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from redis import Redis
@@ -99,7 +100,7 @@ def run(redis: Redis, config: Config, keys: int, tokens: int) -> dict[str, dict]
     results = {}
 
     def project(name: str, cfg: Config, payloads: Any, count: int) -> None:
-        cfg = cfg.replace(key_prefix=short_prefix(redis))
+        cfg = replace(cfg, key_prefix=short_prefix(redis))
         results[name] = measure(
             redis, cfg.key_prefix, count, lambda: fill.record_all(redis, cfg, payloads, at)
         )
@@ -110,9 +111,9 @@ def run(redis: Redis, config: Config, keys: int, tokens: int) -> dict[str, dict]
             redis, prefix, count, lambda: _direct_fill(redis, prefix, payloads, at)
         )
 
-    no_dedup = config.replace(dedup_seconds=0)
+    no_dedup = replace(config, dedup_seconds=0)
     project("pk", no_dedup, fill.key_payloads(keys), keys)
-    project("pt", config.replace(dedup_seconds=None), fill.token_payloads(tokens), tokens)
+    project("pt", replace(config, dedup_seconds=None), fill.token_payloads(tokens), tokens)
     project("pt0", no_dedup, fill.token_payloads(tokens), tokens)
     peer("dk", fill.key_payloads(keys), keys)
     peer("dt", fill.token_payloads(tokens), tokens)

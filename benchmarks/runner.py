@@ -260,7 +260,7 @@ class Run:
         self.results["flush"] = []
         for n in self.o.flush_keys:
             self.o.log(f"flush: {n:,} keys")
-            result = flushbench.run(self.config.replace(key_prefix=f"{self.prefix}:f{n}"), n)
+            result = flushbench.run(replace(self.config, key_prefix=f"{self.prefix}:f{n}"), n)
             self.o.log(
                 f"  {result['rows_per_s']:,.0f} rows/s in {result['seconds']:.2f} s, "
                 f"copy {result['copy_rows_per_s']:,.0f} rows/s"

@@ -6,18 +6,19 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
+from flask import Response, current_app, request
 from redis.exceptions import RedisError
 
 from ..buffer.ingest import Recorded, record
 from ..web.auth import require_bearer
+from ..web.docs import Blueprint, accepted_response, error_responses, payload_ref
 from ..web.errors import InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
 from .body import NDJSON_TYPES, parse_json, parse_ndjson, read_body
 from .schema import load_payloads
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("ingest", __name__)
+bp = Blueprint("ingest", __name__, description="Device payloads in")
 
 MAX_BATCH = 1000
 ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
@@ -38,6 +39,14 @@ def _record(services: Any, payloads: list[dict[str, Any]]):
 
 
 @bp.post("/stats")
+@bp.doc(
+    summary="Record one device payload",
+    description="A payload with the customer, content, token and sessionDuration of one "
+    "accepted within STATS_DEDUP_SECONDS is a retry: answered, not counted. "
+    "Accepts Content-Encoding: gzip.",
+    requestBody={"required": True, "content": {"application/json": {"schema": payload_ref()}}},
+    responses={**accepted_response(), **error_responses(400, 401, 413, 415, 503)},
+)
 def post_stats():
     """One payload. 200 {"accepted": 1, "duplicates": 0}; a retry is a duplicate."""
     services = current_app.extensions["payload_stats"]
@@ -50,6 +59,26 @@ def post_stats():
 
 
 @bp.post("/stats/batch")
+@bp.doc(
+    summary="Record 1..1000 payloads, all or nothing",
+    requestBody={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "items": payload_ref(),
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH,
+                }
+            },
+            "application/x-ndjson": {
+                "schema": {"type": "string", "description": "one payload per line"}
+            },
+        },
+    },
+    responses={**accepted_response(), **error_responses(400, 401, 413, 415, 503)},
+)
 def post_batch():
     """1..1000 payloads as a JSON array or NDJSON; all are written, or none."""
     services = current_app.extensions["payload_stats"]

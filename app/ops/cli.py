@@ -8,11 +8,12 @@ import time
 
 import click
 import psycopg2
+from marshmallow import ValidationError
 from redis.exceptions import RedisError
 
 from .. import logs
 from ..buffer.connection import redis_client
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, check_bind
 from ..flush import failpoints, scheduler
 from ..flush.flusher import FlushReport, flush_once
 from ..flush.lock import flush_with_lock
@@ -158,9 +159,9 @@ def web(bind: str | None, workers: int | None) -> None:
     _require(config, "REDIS_URL")
     if bind:
         try:
-            Config.from_env({"STATS_BIND": bind})
-        except ConfigError as exc:
-            _fail(f"--bind: {exc}", 2)
+            check_bind(bind)
+        except ValidationError as exc:
+            _fail(f"--bind: {' '.join(exc.messages)}", 2)
     argv = _gunicorn_argv(bind, workers)
     os.environ.setdefault("STATS_LOG_FORMAT", "json")  # one object per line under gunicorn
     os.execv(argv[0], argv)

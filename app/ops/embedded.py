@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
@@ -173,7 +174,7 @@ class EmbeddedServers:
         except BaseException:
             self.stop()
             raise
-        self.config = self.config.replace(**changes)
+        self.config = replace(self.config, **changes)
         if changes:
             self._write_state()
             logger.info(
@@ -224,7 +225,7 @@ def attach(config: Config) -> Config:
     found = {k: v for k, v in running_urls(config).items() if not getattr(config, k)}
     if found:
         logger.info("embedded_servers_found", extra={"data_dir": config.data_dir, **found})
-        return config.replace(**found)
+        return replace(config, **found)
     return config
 
 

@@ -10,17 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
+from marshmallow.validate import OneOf
+
 BUCKETS = {"5m": "5 minutes", "1h": "1 hour", "1d": "1 day"}
 GROUPS = {"customer": (True, False), "content": (False, True), "customer,content": (True, True)}
 MAX_LIMIT = 1000
-
-
-class QueryError(ValueError):
-    """A query parameter is invalid; ``fields`` maps each one to its messages."""
-
-    def __init__(self, fields: dict[str, list[str]]) -> None:
-        super().__init__(fields)
-        self.fields = fields
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,8 @@ def encode_cursor(query: Query, row: tuple) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(text: str, group_by: str | None, bucket: str | None) -> tuple:
+def decode_cursor(text: str, group_by: str | None, bucket: str | None) -> tuple:
+    """The (time, customer, content) a page ended at. Raises ValidationError."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         t, customer, content, g, b = json.loads(raw)
@@ -67,52 +63,84 @@ def _decode_cursor(text: str, group_by: str | None, bucket: str | None) -> tuple
             raise ValueError
         after = (parse_time(t), customer, content)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise QueryError({"cursor": ["Not a cursor returned by this endpoint."]}) from None
+        raise ValidationError("Not a cursor returned by this endpoint.", "cursor") from None
     if (g, b) != (group_by, bucket):
-        raise QueryError({"cursor": ["The cursor belongs to another group_by/bucket."]})
+        raise ValidationError("The cursor belongs to another group_by/bucket.", "cursor")
     return after
 
 
-def parse_query(args: dict[str, str]) -> Query:
-    """A Query from request arguments. Raises QueryError naming every bad one."""
-    errors: dict[str, list[str]] = {}
-    values: dict[str, Any] = {}
-    for name in ("customer", "content"):
-        if args.get(name):
-            if "\x00" in args[name]:
-                errors[name] = ["Must not contain NUL characters."]
-            values[name] = args[name]
-    for name, attr in (("from", "start"), ("to", "end")):
-        if args.get(name):
-            try:
-                values[attr] = parse_time(args[name])
-            except ValueError:
-                errors[name] = ["Not an ISO 8601 date-time, e.g. 2026-11-26T10:00:00Z."]
-    if "limit" in args:
-        text = args["limit"]
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
-            errors["limit"] = [f"Must be an integer from 1 to {MAX_LIMIT}."]
-        else:
-            values["limit"] = int(text)
-    order = args.get("order", "asc")
-    if order not in ("asc", "desc"):
-        errors["order"] = ["Must be asc or desc."]
-    values["descending"] = order == "desc"
-    if args.get("group_by"):
-        if args["group_by"] not in GROUPS:
-            errors["group_by"] = [f"Must be one of {', '.join(GROUPS)}."]
-        values["group_by"] = args["group_by"]
-    if args.get("bucket"):
-        if args["bucket"] not in BUCKETS:
-            errors["bucket"] = [f"Must be one of {', '.join(BUCKETS)}."]
-        values["bucket"] = args["bucket"]
-    if errors:
-        raise QueryError(errors)
-    if args.get("cursor"):
-        values["after"] = _decode_cursor(
-            args["cursor"], values.get("group_by"), values.get("bucket")
-        )
-    query = Query(**values)
-    if query.start and query.end and query.start > query.end:
-        raise QueryError({"from": ["Must not be later than 'to'."]})
-    return query
+class Instant(fields.DateTime):
+    """An ISO 8601 date-time; UTC when it has no offset."""
+
+    default_error_messages = {"invalid": "Not an ISO 8601 date-time, e.g. 2026-11-26T10:00:00Z."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        try:
+            return parse_time(value)
+        except ValueError:
+            raise self.make_error("invalid") from None
+
+
+class Limit(fields.Integer):
+    """Rows per page: plain ASCII digits only (no sign, no spaces, no "²")."""
+
+    default_error_messages = {"invalid": f"Must be an integer from 1 to {MAX_LIMIT}."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            raise self.make_error("invalid")
+        number = int(value)
+        if not 1 <= number <= MAX_LIMIT:
+            raise self.make_error("invalid")
+        return number
+
+
+def no_nul(value: str) -> None:
+    if "\x00" in value:
+        raise ValidationError("Must not contain NUL characters.")
+
+
+class HistoryArgs(Schema):
+    """The query parameters of GET /stats; loads into a :class:`Query`."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    customer = fields.String(validate=no_nul, metadata={"description": "Only this customer"})
+    content = fields.String(validate=no_nul, metadata={"description": "Only this content"})
+    start = Instant(
+        data_key="from",
+        metadata={"description": "Window ends at or after this ISO 8601 time (UTC if no offset)"},
+    )
+    end = Instant(data_key="to", metadata={"description": "Window ends before this time"})
+    order = fields.String(
+        load_default="asc",
+        validate=OneOf(("asc", "desc"), error="Must be asc or desc."),
+        metadata={"description": "By time, then customer, then content"},
+    )
+    limit = Limit(load_default=100, metadata={"description": "Rows per page (1..1000)"})
+    cursor = fields.String(metadata={"description": "The `next` value of the previous page"})
+    group_by = fields.String(
+        validate=OneOf(tuple(GROUPS), error=f"Must be one of {', '.join(GROUPS)}."),
+        metadata={"description": "Sum rows over the other column"},
+    )
+    bucket = fields.String(
+        validate=OneOf(tuple(BUCKETS), error=f"Must be one of {', '.join(BUCKETS)}."),
+        metadata={"description": "Sum rows into UTC buckets, stamped with the bucket start"},
+    )
+
+    @pre_load
+    def drop_empty(self, data: Any, **kwargs: Any) -> dict[str, Any]:
+        # An empty filter means no filter; an empty limit is still an error.
+        return {k: v for k, v in data.items() if v != "" or k == "limit"}
+
+    @post_load
+    def make_query(self, data: dict[str, Any], **kwargs: Any) -> Query:
+        order = data.pop("order")
+        cursor = data.pop("cursor", None)
+        if cursor is not None:
+            data["after"] = decode_cursor(cursor, data.get("group_by"), data.get("bucket"))
+        query = Query(descending=order == "desc", **data)
+        if query.start and query.end and query.start > query.end:
+            raise ValidationError("Must not be later than 'to'.", "from")
+        return query

@@ -7,17 +7,25 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg2
-from flask import Blueprint, current_app, jsonify, request
+from flask import current_app, jsonify
 from redis.exceptions import RedisError
 
 from ..buffer import live
 from ..web.auth import require_bearer
+from ..web.docs import Blueprint, error_responses
 from ..web.errors import InvalidParameter, Unavailable
 from . import history, history_params
+from .live_params import LiveArgs, LiveQuery
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("query", __name__)
+bp = Blueprint("query", __name__, description="Reading the numbers back")
+
+
+@bp.before_request
+def authenticate() -> None:
+    # Before the parameters are parsed: a stranger learns nothing from a 400.
+    require_bearer(current_app.extensions["payload_stats"].config.api_token)
 
 
 def _iso(moment: datetime) -> str:
@@ -30,13 +38,17 @@ def _share(cdn: int, p2p: int) -> float | None:
 
 
 @bp.get("/stats")
-def get_history():
+@bp.arguments(history_params.HistoryArgs, location="query", as_kwargs=False)
+@bp.doc(
+    security=[{"bearer": []}],
+    responses={
+        200: {"description": 'One page of rows: {"rows": [...], "next": cursor or null}'},
+        **error_responses(400, 401, 503),
+    },
+)
+def get_history(query: history_params.Query):
+    """Stats history from PostgreSQL, one page at a time."""
     services = current_app.extensions["payload_stats"]
-    require_bearer(services.config.api_token)
-    try:
-        query = history_params.parse_query(request.args.to_dict())
-    except history_params.QueryError as exc:
-        raise InvalidParameter(exc.fields) from None
     if services.pool is None:
         raise Unavailable("DATABASE_URL is not set for this web process.")
     try:
@@ -63,15 +75,20 @@ def get_history():
 
 
 @bp.get("/stats/live")
-def get_live():
+@bp.arguments(LiveArgs, location="query", as_kwargs=False)
+@bp.doc(
+    security=[{"bearer": []}],
+    responses={
+        200: {"description": 'Live rows: {"rows": [...]}'},
+        **error_responses(400, 401, 503),
+    },
+)
+def get_live(query: LiveQuery):
+    """Counters still in Redis: the open window and windows not yet flushed."""
     services = current_app.extensions["payload_stats"]
-    require_bearer(services.config.api_token)
     try:
         rows = live.live_rows(
-            services.redis,
-            services.config,
-            customer=request.args.get("customer") or None,
-            content=request.args.get("content") or None,
+            services.redis, services.config, customer=query.customer, content=query.content
         )
     except RedisError as exc:
         logger.warning("redis_unavailable", extra={"reason": str(exc)})

@@ -59,9 +59,8 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
         pool=database_pool(config, config.web_threads) if config.database_url else None,
     )
     app.extensions["payload_stats"] = services
-    for blueprint in (ingest_views.bp, query_views.bp, health.bp, metrics.bp, docs.bp):
-        app.register_blueprint(blueprint)
-    errors.init_app(app)
+    docs.init_app(app, [ingest_views.bp, query_views.bp, health.bp, metrics.bp])
+    errors.init_app(app)  # after flask-smorest's own handlers, to replace them
     _instrument(app, services.metrics)
     return app
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import psycopg2
-from flask import Blueprint, current_app, jsonify
+from flask import current_app, jsonify
 from redis.exceptions import RedisError
 
 from ..postgres.pool import connection
+from .docs import Blueprint, error_responses
 
-bp = Blueprint("health", __name__)
+bp = Blueprint("health", __name__, description="Health checks")
 
 
 @bp.get("/healthz")
+@bp.doc(responses={200: {"description": "Alive"}})
 def healthz():
+    """The process answers."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@bp.doc(responses={200: {"description": "Ready"}, 503: error_responses(503)[503]})
 def readyz():
+    """Redis and PostgreSQL answer; a 503 names what is down in ``checks``."""
     services = current_app.extensions["payload_stats"]
     checks = {}
     try:

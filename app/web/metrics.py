@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, current_app
+from flask import Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,8 +32,9 @@ from ..config import Config
 from ..flush.figures import read_figures
 from ..windows import window_end
 from .auth import require_bearer
+from .docs import Blueprint, error_responses
 
-bp = Blueprint("metrics", __name__)
+bp = Blueprint("metrics", __name__, description="Prometheus metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -155,7 +156,18 @@ class FlushCollector:
 
 
 @bp.get("/metrics")
+@bp.doc(
+    security=[{"bearer": []}],
+    responses={
+        200: {
+            "description": "Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **error_responses(401),
+    },
+)
 def get_metrics():
+    """Prometheus metrics, summed over the web workers."""
     services = current_app.extensions["payload_stats"]
     require_bearer(services.config.api_token)
     body = exposition(services.metrics, services.redis, services.config, services.clock)

@@ -19,6 +19,7 @@ import gzip
 import json
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -705,7 +706,7 @@ def test_with_a_one_window_horizon_a_retry_two_windows_later_counts(redis, pool,
     apart, beyond the horizon, while token memory (2L) still holds the token:
     the copy counts its bytes, and starts no second session.
     """
-    one_window = config.replace(dedup_seconds=L)
+    one_window = replace(config, dedup_seconds=L)
     assert one_window.dedup_windows == 1
     client = create_app(one_window, clock=clock).test_client()
     p = payload(token="t", cdn=7, p2p=3)
@@ -724,7 +725,7 @@ def test_with_a_one_window_horizon_a_retry_two_windows_later_counts(redis, pool,
 
 
 def test_with_de_duplication_off_retries_count_every_time(redis, pool, config, clock):
-    off = config.replace(dedup_seconds=0)
+    off = replace(config, dedup_seconds=0)
     assert off.dedup_windows == 0
     client = create_app(off, clock=clock).test_client()
     p = payload(token="t", cdn=7, p2p=3)
@@ -773,7 +774,7 @@ def test_one_token_flooding_a_window_is_still_answered(redis, pool, config, cloc
     that lists every duration of the window is scanned and copied once per
     payload, so the cost of a batch grows with everything the token sent.
     """
-    cfg = config.replace(redis_timeout_seconds=0.5)
+    cfg = replace(config, redis_timeout_seconds=0.5)
     client = create_app(cfg, clock=clock).test_client()
     answers = []
     for i in range(12):
@@ -814,7 +815,7 @@ def test_a_batch_spanning_every_shard_lands_entirely(client, redis, pool, config
 
 
 def test_redis_down_answers_503_json_for_a_batch(config, clock):
-    down = config.replace(redis_url="redis://127.0.0.1:1/0")
+    down = replace(config, redis_url="redis://127.0.0.1:1/0")
     client = create_app(down, clock=clock).test_client()
     items = [payload(token=f"tok-{i}") for i in range(40)]  # every shard
 
@@ -837,7 +838,7 @@ def test_redis_down_answers_503_json_for_a_batch(config, clock):
 
 def test_rejections_come_before_redis(config, clock):
     """With Redis down a bad request is still a 4xx: validation needs no Redis."""
-    down = config.replace(redis_url="redis://127.0.0.1:1/0")
+    down = replace(config, redis_url="redis://127.0.0.1:1/0")
     client = create_app(down, clock=clock).test_client()
 
     assert_error(post_batch(client, b"[]"), 400, "invalid_batch")

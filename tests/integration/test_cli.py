@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ WINDOW_LINE = re.compile(
 @pytest.fixture
 def cli_config(config: Config) -> Config:
     """Short windows, no grace, and a lock a killed flusher holds for 1 s only."""
-    return config.replace(window_seconds=1, flush_grace_seconds=0, flush_lock_seconds=1)
+    return replace(config, window_seconds=1, flush_grace_seconds=0, flush_lock_seconds=1)
 
 
 def environment(config: Config, **extra: str) -> dict[str, str]:
@@ -177,7 +178,7 @@ def test_flush_prints_what_it_wrote(redis, pool, cli_config):
 
 @pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_flush_waits_for_end_plus_grace_on_the_real_clock(redis, pool, cli_config):
-    config = cli_config.replace(window_seconds=2, flush_grace_seconds=2)
+    config = replace(cli_config, window_seconds=2, flush_grace_seconds=2)
     env = environment(config)
     feeder = Feeder(redis, config)
     now = time.time()
@@ -410,7 +411,7 @@ README_PAYLOAD = {
 @pytest.mark.slow
 @pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_serve_end_to_end(pool, cli_config, tmp_path):
-    config = cli_config.replace(window_seconds=2, flush_grace_seconds=0.5)
+    config = replace(cli_config, window_seconds=2, flush_grace_seconds=0.5)
     env = environment(config, STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_DATA_DIR=str(tmp_path))
     port = _free_port()
     url = f"http://127.0.0.1:{port}/stats"

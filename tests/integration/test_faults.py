@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
     own_redis, config, pool, clock, stop
 ):
     """SIGTERM is a clean shutdown; SIGKILL a crash, which ``appendfsync always`` survives."""
-    cfg = config.replace(redis_url=own_redis.url)
+    cfg = replace(config, redis_url=own_redis.url)
     app = create_app(cfg, clock=clock)
     client = app.test_client()
     redis = Redis.from_url(own_redis.url)
@@ -499,7 +500,8 @@ def close_last_window(poster: Poster, config: Config) -> None:
 
 
 def short_windows(config: Config, **changes: Any) -> Config:
-    return config.replace(
+    return replace(
+        config,
         window_seconds=1,
         flush_grace_seconds=0.2,
         flush_interval_seconds=0.2,

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -498,7 +499,7 @@ def test_postgres_unreachable_keeps_everything_in_redis(redis, pool, config, clo
     clock.now = flush_time(ends[-1], config)
     before = sorted({k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*")})
 
-    down = database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL))
+    down = database_pool(replace(config, database_url=UNREACHABLE_DATABASE_URL))
     try:
         for _ in range(2):
             with pytest.raises(psycopg2.OperationalError):
@@ -521,7 +522,7 @@ def test_redis_unreachable_changes_nothing(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     populate(feeder, windows=1)
     clock.now = flush_time(end_of(K0, config), config)
-    down = redis_client(config.replace(redis_url=UNREACHABLE_REDIS_URL))
+    down = redis_client(replace(config, redis_url=UNREACHABLE_REDIS_URL))
     try:
         with pytest.raises(RedisError):
             flush_once(down, pool, config, clock)
@@ -886,7 +887,7 @@ def test_lock_lost_mid_flush_while_another_flusher_runs(redis, pool, config, clo
     ends = populate(feeder, windows=2)
     clock.now = flush_time(ends[-1], config)
     lock_key = Keys(config.key_prefix).flush_lock()
-    short_lock = config.replace(flush_lock_seconds=0.3)
+    short_lock = replace(config, flush_lock_seconds=0.3)
     b_frozen, go_b = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
 

@@ -15,6 +15,7 @@ import json
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -829,7 +830,7 @@ def test_a_nul_character_in_a_filter_is_not_a_server_error(client, pool, name):
 @pytest.fixture
 def guarded(config: Config, clock: FakeClock):
     """A client of an app with STATS_API_TOKEN=t (STATS_INGEST_TOKEN unset)."""
-    return create_app(config.replace(api_token="t"), clock=clock).test_client()
+    return create_app(replace(config, api_token="t"), clock=clock).test_client()
 
 
 def assert_unauthorized(response) -> None:
@@ -885,7 +886,7 @@ def test_post_stays_open_when_only_the_api_token_is_set(guarded, redis, config):
 
 
 def test_post_needs_the_ingest_token_when_set(config, clock, redis, pool):
-    client = create_app(config.replace(api_token="t", ingest_token="i"), clock=clock).test_client()
+    client = create_app(replace(config, api_token="t", ingest_token="i"), clock=clock).test_client()
     for header in (None, "Bearer wrong", "Bearer t"):  # the read token is not the ingest one
         headers = {"Authorization": header} if header else {}
         assert_unauthorized(client.post("/stats", json=payload(), headers=headers))
@@ -906,7 +907,7 @@ def test_post_needs_the_ingest_token_when_set(config, clock, redis, pool):
 @one_shard
 @pytest.mark.parametrize("path", ["/healthz", "/docs", "/openapi.json", "/readyz"])
 def test_health_and_docs_stay_open(config, clock, pool, path):
-    client = create_app(config.replace(api_token="t", ingest_token="i"), clock=clock).test_client()
+    client = create_app(replace(config, api_token="t", ingest_token="i"), clock=clock).test_client()
     assert client.get(path).status_code == 200
 
 
@@ -915,7 +916,7 @@ def test_health_and_docs_stay_open(config, clock, pool, path):
 
 @one_shard
 def test_postgres_down_answers_503_json(config, clock):
-    app = create_app(config.replace(database_url=UNREACHABLE_DATABASE_URL), clock=clock)
+    app = create_app(replace(config, database_url=UNREACHABLE_DATABASE_URL), clock=clock)
     client = app.test_client()
     response = client.get("/stats")
     assert response.status_code == 503
@@ -942,7 +943,7 @@ def test_postgres_down_answers_503_json(config, clock):
 
 @one_shard
 def test_redis_down_makes_readyz_503(config, clock, pool):
-    client = create_app(config.replace(redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
+    client = create_app(replace(config, redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.is_json
@@ -961,7 +962,7 @@ def test_redis_down_makes_readyz_503(config, clock, pool):
 @one_shard
 def test_both_down_names_both(config, clock):
     client = create_app(
-        config.replace(redis_url=UNREACHABLE_REDIS_URL, database_url=UNREACHABLE_DATABASE_URL),
+        replace(config, redis_url=UNREACHABLE_REDIS_URL, database_url=UNREACHABLE_DATABASE_URL),
         clock=clock,
     ).test_client()
     body = client.get("/readyz").get_json()

@@ -18,6 +18,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -626,7 +627,7 @@ def test_redis_down_answers_503_json_quickly(request, config, clock, down):
         url = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     else:
         url = request.getfixturevalue("silent_server")
-    app = create_app(config.replace(redis_url=url), clock=clock)
+    app = create_app(replace(config, redis_url=url), clock=clock)
     client = app.test_client()
 
     for _ in range(2):  # the second request tries again on a fresh connection

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,7 @@ def test_reads_through_the_window_index_in_a_few_pipelined_round_trips(
 
 
 def test_redis_down_answers_503_json(config, clock):
-    client = create_app(config.replace(redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
+    client = create_app(replace(config, redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
     response = client.get("/stats/live")
     assert response.status_code == 503
     assert response.is_json
@@ -462,7 +463,7 @@ def test_live_once_limit_and_customer(config, tmp_path, real_time_traffic):
 
 @one_shard
 def test_live_once_with_redis_down_exits_1(config, tmp_path):
-    env = _env(config.replace(redis_url=UNREACHABLE_REDIS_URL), tmp_path)
+    env = _env(replace(config, redis_url=UNREACHABLE_REDIS_URL), tmp_path)
     done = subprocess.run(
         [*_command(), "live", "--once"], env=env, capture_output=True, text=True, timeout=60
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from redis import Redis
@@ -398,7 +399,7 @@ def test_a_new_duration_of_the_same_token_is_not_a_retry(send, flush) -> None:
 
 
 def test_retries_are_counted_when_de_duplication_is_off(redis, scripts, config, clock, flush):
-    off = config.replace(dedup_seconds=0)
+    off = replace(config, dedup_seconds=0)
     p = payload(token="t", cdn=7, p2p=3)
 
     for i in range(3):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import psycopg2.extensions
@@ -204,7 +205,7 @@ def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
             NOW - timedelta(days=29),
         ],
     )
-    job = RetentionJob(pool, config.replace(retention_days=30), clock)
+    job = RetentionJob(pool, replace(config, retention_days=30), clock)
     with caplog.at_level(logging.INFO, logger="payload_stats.flush.retention"):
         job()
     assert {cu for _, cu in remaining(pool)} == {"acme-2", "acme-3"}
@@ -217,7 +218,7 @@ def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
 
 @one_shard
 def test_retention_job_with_postgres_down_logs_and_does_not_raise(config, caplog):
-    broken = database_pool(config.replace(database_url=UNREACHABLE_DATABASE_URL), 1)
+    broken = database_pool(replace(config, database_url=UNREACHABLE_DATABASE_URL), 1)
     with caplog.at_level(logging.INFO, logger="payload_stats.flush.scheduler"):
         RetentionJob(broken, config, FakeClock(START))()
     [record] = [r for r in caplog.records if r.getMessage() == "retention_failed"]
@@ -236,7 +237,7 @@ def _jobs(config: Config, redis, pool, *, with_retention: bool = True) -> dict:
 
 @one_shard
 def test_scheduler_runs_retention_daily(config, redis, pool):
-    jobs = _jobs(config.replace(retention_days=365), redis, pool)
+    jobs = _jobs(replace(config, retention_days=365), redis, pool)
     assert set(jobs) == {"flush", "retention"}
     retention = jobs["retention"]
     assert isinstance(retention.func, RetentionJob)
@@ -249,7 +250,7 @@ def test_scheduler_runs_retention_daily(config, redis, pool):
 
 @one_shard
 def test_scheduler_has_no_retention_job_when_retention_days_is_0(config, redis, pool):
-    off = config.replace(retention_days=0)
+    off = replace(config, retention_days=0)
     assert set(_jobs(off, redis, pool)) == {"flush"}
     assert set(_jobs(config, redis, pool, with_retention=False)) == {"flush"}
 

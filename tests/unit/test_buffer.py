@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import fakeredis
 import pytest
@@ -379,7 +380,7 @@ def test_a_new_duration_of_the_same_token_is_not_a_retry(send, flush) -> None:
 
 
 def test_retries_are_counted_when_de_duplication_is_off(redis, scripts, config, clock, flush):
-    off = config.replace(dedup_seconds=0)
+    off = replace(config, dedup_seconds=0)
     p = payload(token="t", cdn=7, p2p=3)
 
     for _ in range(3):

@@ -6,6 +6,8 @@ environment the tests run in (except the one test of the ``os.environ`` default)
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from payload_stats.config import VARIABLES, Config, ConfigError
@@ -279,7 +281,7 @@ def test_secrets_stay_out_of_repr() -> None:
 def test_replace_returns_a_changed_copy() -> None:
     config = Config()
 
-    changed = config.replace(shards=2, key_prefix="x")
+    changed = replace(config, shards=2, key_prefix="x")
 
     assert (changed.shards, changed.key_prefix) == (2, "x")
     assert (config.shards, config.key_prefix) == (8, "ps")
