@@ -1,4 +1,4 @@
-"""The benchmark harness of payload-stats (issue 5).
+"""The benchmark harness of payload-stats.
 
 Run ``python -m benchmarks`` from the repository root (see BENCHMARKS.md).
 Every figure is a ratio against a peer measured in the same run, on the

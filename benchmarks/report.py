@@ -1,7 +1,7 @@
 """Turning a run's results into ratios, targets, a text table and Markdown.
 
 Every row is a ratio against a peer measured in the same run; the absolute
-figures stand beside it as context. Targets are those of issue 5.
+figures stand beside it as context, with the targets in BENCHMARKS.md.
 """
 
 from __future__ import annotations
