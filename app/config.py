@@ -84,6 +84,13 @@ class Config:
         return self.window_seconds * 1000
 
     @property
+    def retry_memory_bytes(self) -> int:
+        """Bytes of durations a session's retry memory keeps per window: room for
+        four times the payloads of a device sending every 30 s, and at least 600
+        (some 70 durations). Past it, docs/retries.md "Bounds" applies."""
+        return max(600, 32 * -(-self.window_seconds // 30))
+
+    @property
     def dedup_windows(self) -> int:
         """The retry horizon in whole windows (rounded up), 0 when off."""
         seconds = 2 * self.window_seconds if self.dedup_seconds is None else self.dedup_seconds

@@ -1,7 +1,7 @@
 """Ingest writes: validated payloads into the live counters of their window.
 
-The session rule (docs/sessions.md) and retry de-duplication
-(docs/retries.md) are applied by the INGEST script in the same atomic call.
+The session rule (docs/sessions.md) and retry recognition (docs/retries.md)
+are applied by the INGEST script in the same atomic call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from . import keys as k_
 from .keys import Keys
 from .scripts import Scripts
 
+COUNTED = frozenset(b"csuU")
+STARTED = frozenset(b"sU")
+UNPROTECTED = frozenset(b"uU")  # counted with no retry memory left for it
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -27,6 +31,17 @@ class Recorded:
     accepted: int  # payloads counted
     duplicates: int  # retries of payloads already counted, skipped
     sessions: int  # sessions started
+    unprotected: int = 0  # counted past the retry-memory bound (docs/retries.md, "Bounds")
+
+    @classmethod
+    def from_outcomes(cls, outcomes: bytes) -> Recorded:
+        """From the INGEST script's answer: one character per payload."""
+        return cls(
+            accepted=sum(c in COUNTED for c in outcomes),
+            duplicates=outcomes.count(b"d"),
+            sessions=sum(c in STARTED for c in outcomes),
+            unprotected=sum(c in UNPROTECTED for c in outcomes),
+        )
 
 
 def record(
@@ -40,12 +55,12 @@ def record(
 
     One script call per shard: a single payload is one round trip; a batch
     spanning shards is one MULTI/EXEC, so all of it lands or none does.
-    Raises redis.RedisError if Redis fails.
+    Raises redis.RedisError if Redis fails (then nothing was written).
     """
     keys = Keys(config.key_prefix)
     length = config.window_seconds
     k = window_index(now, length)
-    head = [k, token_memory_ttl(k, now, length), config.dedup_windows]
+    head = [k, token_memory_ttl(k, now, length), config.dedup_windows, config.retry_memory_bytes]
     short_below = config.window_ms
     by_shard: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for p in payloads:
@@ -67,9 +82,10 @@ def record(
             cdn, p2p, duration = p["cdn"], p["p2p"], p["sessionDuration"]
             args += (
                 ident,
-                k_.token_key(p["token"]),
+                k_.session_key(ident, p["token"]),
                 cdn,
                 p2p,
+                p["timespan"],
                 "1" if duration < short_below else "0",
                 "1" if cdn + p2p == 0 else "0",
                 duration,
@@ -83,6 +99,4 @@ def record(
         for script_keys, args in calls:
             scripts.ingest(keys=script_keys, args=args, client=pipe)
         results = pipe.execute()
-    sessions = sum(int(r[0]) for r in results)
-    duplicates = sum(int(r[1]) for r in results)
-    return Recorded(len(payloads) - duplicates, duplicates, sessions)
+    return Recorded.from_outcomes(b"".join(results))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from ..config import Config
+from . import counters
 from . import keys as k_
 from .keys import Keys
 from .scripts import Scripts
@@ -51,6 +52,16 @@ class Row:
     p2p: int
     sessions: int
     payloads: int
+    watch_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A counter hash of a snapshot that does not read as a row: kept, not dropped."""
+
+    ident: bytes
+    fields: dict[bytes, bytes]
+    reason: str
 
 
 def closed_windows(redis: Redis, config: Config, shard: int, last_closed: int) -> list[int]:
@@ -113,10 +124,12 @@ def _batches(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[
 
 def read_snapshot(
     redis: Redis, config: Config, snapshot: Snapshot, scripts: Scripts | None = None
-) -> Iterator[list[Row]]:
+) -> Iterator[list[Row | Unreadable]]:
     """The snapshot's rows, in batches of at most ``config.flush_batch_size``.
 
-    Each batch first completes the freeze of its counter hashes (COLLECT).
+    Each batch first completes the freeze of its counter hashes (COLLECT). A
+    hash that does not read as a row (a damaged name or value) comes out as
+    :class:`Unreadable`, for the flusher to isolate.
     """
     scripts = scripts or Scripts(redis)
     keys = Keys(config.key_prefix)
@@ -125,23 +138,21 @@ def read_snapshot(
         live = [keys.counters(s, k, ident) for ident in idents]
         frozen = [keys.snapshot_counters(s, f, k, ident) for ident in idents]
         values = scripts.collect(keys=live + frozen, args=[len(idents)])
-        rows = []
+        rows: list[Row | Unreadable] = []
         for ident, flat in zip(idents, values, strict=True):
             fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            if not fields:
-                continue
-            customer, content = k_.decode_ident(ident)
-            rows.append(
-                Row(
-                    customer,
-                    content,
-                    int(fields.get(k_.CDN, 0)),
-                    int(fields.get(k_.P2P, 0)),
-                    int(fields.get(k_.SESSIONS, 0)),
-                    int(fields.get(k_.PAYLOADS, 0)),
-                )
-            )
+            if fields:
+                rows.append(_row(ident, fields))
         yield rows
+
+
+def _row(ident: bytes, fields: dict[bytes, bytes]) -> Row | Unreadable:
+    try:
+        customer, content = k_.decode_ident(ident)
+        c = counters.from_fields(fields)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Unreadable(ident, fields, str(exc))
+    return Row(customer, content, c.cdn, c.p2p, c.sessions, c.payloads, c.watch_ms)
 
 
 def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:

@@ -129,20 +129,22 @@ class Model:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[int, str, str], list[int]] = {}
-        self.tokens: dict[str, str] = {}  # token -> "seen" | "started"
+        # (customer, content, token) -> "seen" | "started" (docs/sessions.md)
+        self.tokens: dict[tuple[str, str, str], str] = {}
 
     def add(self, p: dict[str, Any], now: float) -> None:
         end = (window_index(now, L) + 1) * L
         row = self.rows.setdefault((end, p["customer"], p["content"]), [0, 0, 0])
         row[0] += p["cdn"]
         row[1] += p["p2p"]
-        state = self.tokens.get(p["token"])
+        session = (p["customer"], p["content"], p["token"])
+        state = self.tokens.get(session)
         zero = p["cdn"] + p["p2p"] == 0
         if p["sessionDuration"] < L * 1000 and state != "started" and (state is None or zero):
             row[2] += 1
-            self.tokens[p["token"]] = "started"
+            self.tokens[session] = "started"
         else:
-            self.tokens.setdefault(p["token"], "seen")
+            self.tokens.setdefault(session, "seen")
 
     def expected(self) -> dict[tuple[int, str, str], tuple[int, int, int]]:
         return {key: tuple(row) for key, row in self.rows.items()}  # type: ignore[misc]

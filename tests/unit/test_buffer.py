@@ -21,7 +21,7 @@ import pytest
 
 from payload_stats.buffer import ingest, snapshots
 from payload_stats.buffer.ingest import Recorded
-from payload_stats.buffer.keys import Keys, shard_of, token_key
+from payload_stats.buffer.keys import Keys, encode_ident, session_key, shard_of
 from payload_stats.buffer.scripts import Scripts
 from payload_stats.buffer.snapshots import Row, Snapshot
 from payload_stats.config import Config
@@ -220,14 +220,11 @@ def test_a_seen_token_that_never_started_starts_with_a_zero_byte_payload(
     assert sessions(send(zero("t", sessionDuration=L * 1000))) == 0  # not short
     clock.advance(30)
 
-    assert sessions(send(zero("t", customer="late", content="c"))) == 1
+    assert sessions(send(zero("t"))) == 1
     clock.advance(30)
     assert sessions(send(zero("t"))) == 0
 
-    assert flush(K) == {
-        ("acme", "movie-1"): (250, 100, 0, 3),
-        ("late", "c"): (0, 0, 1, 1),
-    }
+    assert flush(K) == {("acme", "movie-1"): (250, 100, 1, 4)}
 
 
 def test_the_same_token_twice_in_one_call_starts_one_session(send, flush) -> None:
@@ -325,7 +322,7 @@ def test_token_memory_lives_until_2L_after_its_window(
     send(zero("t"))
 
     key = Keys(PREFIX).tokens(shard_of("t", config.shards), K)
-    assert redis.hget(key, token_key("t"))[:1] == b"2"  # started
+    assert redis.hget(key, session_key(encode_ident("acme", "movie-1"), "t"))[:1] == b"2"  # started
     # (K+3)L + 1 s: the 2L after the latest instant of window K, plus a second.
     assert ttl_ms - 2_000 < redis.pttl(key) <= ttl_ms
 
@@ -414,7 +411,7 @@ def test_freeze_moves_the_window_into_a_snapshot(redis, scripts, config, send) -
     assert snapshots.closed_windows(redis, config, shard, K) == []
     assert snapshots.pending_snapshots(redis, config) == [snapshot]
     rows = [row for batch in snapshots.read_snapshot(redis, config, snapshot) for row in batch]
-    assert Row("acme", "movie-1", 250, 100, 1, 1) in rows
+    assert Row("acme", "movie-1", 250, 100, 1, 1, 30000) in rows
     assert len(rows) == expected
 
 
@@ -431,14 +428,14 @@ def test_stragglers_join_the_snapshot_until_collected_then_go_to_fresh_keys(
     send(payload(token="t", cdn=10, p2p=20, sessionDuration=2000))
     assert snapshots.closed_windows(redis, config, shard, K) == []
     assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
-        [Row("acme", "movie-1", 11, 22, 1, 2)]
+        [Row("acme", "movie-1", 11, 22, 1, 2, 60000)]
     ]
     # Once collected, a later straggler starts a fresh live hash and index.
     send(payload(token="t", cdn=100, p2p=200, sessionDuration=3000))
     assert snapshots.closed_windows(redis, config, shard, K) == [K]
     assert flush(K) == {("acme", "movie-1"): (100, 200, 0, 1)}
     assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
-        [Row("acme", "movie-1", 11, 22, 1, 2)]
+        [Row("acme", "movie-1", 11, 22, 1, 2, 60000)]
     ]
     assert snapshots.pending_snapshots(redis, config) == [first]  # untouched until released
 
@@ -459,7 +456,8 @@ def test_read_snapshot_yields_batches_of_flush_batch_size(
     assert [(r.content, r.cdn, r.p2p, r.payloads) for r in rows] == [
         (f"m{i}", i, 100, 1) for i in range(contents)
     ]
-    assert sum(r.sessions for r in rows) == 1  # one token, one session
+    # One token under several contents: one session each (docs/sessions.md).
+    assert [r.sessions for r in rows] == [1] * contents
 
 
 def test_release_deletes_the_snapshot_and_its_record(redis, scripts, config, send) -> None:
@@ -476,7 +474,9 @@ def test_release_deletes_the_snapshot_and_its_record(redis, scripts, config, sen
     assert not redis.hexists(Keys(PREFIX).snapshots(shard), snapshot.field)
     assert snapshots.pending_snapshots(redis, config) == []
     assert list(snapshots.read_snapshot(redis, config, snapshot)) == []
-    assert redis.hget(memory, token_key("t"))[:1] == b"2"  # token memory is not the snapshot's
+    assert (
+        redis.hget(memory, session_key(encode_ident("acme", "m0"), "t"))[:1] == b"2"
+    )  # not the snapshot's
     snapshots.release(redis, config, snapshot)  # idempotent
     assert sorted(redis.keys(f"{PREFIX}:*")) == [memory.encode()]
 
