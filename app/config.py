@@ -38,6 +38,7 @@ class Config:
     key_prefix: str = "ps"
     max_body_bytes: int = 1024 * 1024
     redis_timeout_seconds: float = 1.0
+    redis_memory_ready_ratio: float = 0.9
     flush_batch_size: int = 1000
     flush_lock_seconds: float = 60.0
     data_dir: str = "var"
@@ -187,6 +188,11 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "redis_timeout_seconds",
         "float",
         {**_NUMBER, "validate": [_finite, _positive]},
+    ),
+    "STATS_REDIS_MEMORY_READY_RATIO": (
+        "redis_memory_ready_ratio",
+        "float",
+        {**_NUMBER, "validate": [_finite, Range(0, 1)]},
     ),
     "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", "int", {"validate": Range(1, 100_000)}),
     "STATS_FLUSH_LOCK_SECONDS": (

@@ -16,6 +16,7 @@ Layout, with ``P`` the key prefix, ``s`` the shard, ``k`` the window index::
     P:{s}:x:FLUSHID:k:c:IDENT    hash  frozen counters
     P:lock:flush                       the flusher's lock
     P:flush:stats                hash  flush counters for /metrics
+    P:deployment                 hash  the recorded window_seconds and shards (app/deployment.py)
 
 ``IDENT`` encodes a (customer, content) pair as ``<n>:<customer>:<content>``
 where ``n`` is the UTF-8 byte length of the customer: the length prefix keeps
@@ -96,3 +97,6 @@ class Keys:
 
     def flush_stats(self) -> str:
         return f"{self.prefix}:flush:stats"
+
+    def deployment(self) -> str:
+        return f"{self.prefix}:deployment"

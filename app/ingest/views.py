@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -10,10 +11,20 @@ from flask import Response, current_app, request
 from redis.exceptions import RedisError
 
 from ..buffer.ingest import Recorded, record
+from ..buffer.memory import is_out_of_memory
+from ..logs import one_line
 from ..web.auth import require_bearer
 from ..web.docs import Blueprint, accepted_response, error_responses, payload_ref
-from ..web.errors import InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
-from .body import NDJSON_TYPES, parse_json, parse_ndjson, read_body
+from ..web.errors import BufferFull, InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
+from ..windows import window_end, window_index
+from .body import (
+    JSON_TYPES,
+    NDJSON_TYPES,
+    check_content_type,
+    parse_json,
+    parse_ndjson,
+    read_body,
+)
 from .schema import load_payloads
 
 logger = logging.getLogger(__name__)
@@ -24,17 +35,27 @@ MAX_BATCH = 1000
 ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
 
 
-def _record(services: Any, payloads: list[dict[str, Any]]):
+def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
+    now = services.clock()
     try:
-        recorded = record(
-            services.redis, services.scripts, services.config, payloads, services.clock()
-        )
+        recorded = record(services.redis, services.scripts, services.config, payloads, now)
     except RedisError as exc:
-        logger.warning("redis_unavailable", extra={"reason": str(exc)})
+        if is_out_of_memory(exc):
+            logger.warning("redis_full", extra={"reason": one_line(exc)})
+            config = services.config
+            # Room comes back when the flush moves a closed window out of Redis.
+            wait = window_end(window_index(now, config.window_seconds), config.window_seconds)
+            raise BufferFull(
+                "The stats buffer is full; nothing was written. Retry after the time given.",
+                retry_after=max(1, math.ceil(wait + config.flush_grace_seconds - now)),
+            ) from None
+        logger.warning("redis_unavailable", extra={"reason": one_line(exc)})
         raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
     services.metrics.accepted.inc(recorded.accepted)
     if recorded.duplicates:
         services.metrics.duplicates.inc(recorded.duplicates)
+    if recorded.unprotected:
+        services.metrics.unprotected.inc(recorded.unprotected)
     return recorded
 
 
@@ -51,6 +72,7 @@ def post_stats():
     """One payload. 200 {"accepted": 1, "duplicates": 0}; a retry is a duplicate."""
     services = current_app.extensions["payload_stats"]
     require_bearer(services.config.ingest_token)
+    check_content_type(request, JSON_TYPES)
     body = parse_json(read_body(request, services.config.max_body_bytes))
     payloads, errors = load_payloads(services.schema, [body])
     if errors:
@@ -83,6 +105,7 @@ def post_batch():
     """1..1000 payloads as a JSON array or NDJSON; all are written, or none."""
     services = current_app.extensions["payload_stats"]
     require_bearer(services.config.ingest_token)
+    check_content_type(request, JSON_TYPES + NDJSON_TYPES)
     data = read_body(request, services.config.max_body_bytes)
     if request.mimetype in NDJSON_TYPES:
         items = parse_ndjson(data, MAX_BATCH)

@@ -42,6 +42,11 @@ class UnsupportedEncoding(APIError):
     code = "unsupported_encoding"
 
 
+class UnsupportedMediaType(APIError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class FieldErrors(APIError):
     """Errors by field name, each a list of messages; the message names them all."""
 
@@ -89,6 +94,18 @@ class InvalidParameter(FieldErrors):
 class Unavailable(APIError):
     status = 503
     code = "unavailable"
+    retry_after = 1
+
+
+class BufferFull(Unavailable):
+    """Redis reached its memory limit: nothing was written; the flush frees room
+    once the window closes (docs/deployment.md, "Redis memory")."""
+
+    code = "buffer_full"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
@@ -101,8 +118,8 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 
 def handle_api_error(exc: APIError) -> Response:
     headers = None
-    if exc.status == 503:
-        headers = {"Retry-After": "1"}
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
     elif exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="payload-stats"'}
     return _json(exc.body(), exc.status, headers)

@@ -46,7 +46,7 @@ FAILPOINT_EXIT_CODE = 17
 SUMMARY = re.compile(r"flushed (\d+) window\(s\), (\d+) row\(s\) in \d+\.\d{3}s \(flush \S+\)")
 WINDOW_LINE = re.compile(
     r"  (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)  rows=(\d+) cdn=(\d+) p2p=(\d+) "
-    r"sessions=(\d+) payloads=(\d+) lag=-?\d+\.\ds"
+    r"sessions=(\d+) payloads=(\d+) watch_ms=\d+ lag=-?\d+\.\ds"
 )
 
 

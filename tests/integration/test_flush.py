@@ -170,10 +170,11 @@ def flush_time(end: int, config: Config) -> float:
 
 
 def leftover_keys(redis: Redis, config: Config) -> list[str]:
-    """Keys under the test's prefix other than token memory."""
+    """Keys under the test's prefix other than session memory and the recorded settings."""
     token_memory = re.compile(re.escape(config.key_prefix) + ":" + _TOKEN_MEMORY)
+    kept = {Keys(config.key_prefix).deployment()}
     names = (k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*", count=1000))
-    return sorted({n for n in names if not token_memory.fullmatch(n)})  # SCAN may repeat
+    return sorted({n for n in names if not token_memory.fullmatch(n) and n not in kept})
 
 
 def assert_drained(redis: Redis, config: Config) -> None:
