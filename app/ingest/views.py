@@ -10,7 +10,7 @@ import orjson
 from flask import Response, current_app, request
 from redis.exceptions import RedisError
 
-from ..buffer.ingest import Recorded, record
+from ..buffer.ingest import Entry, Recorded
 from ..buffer.memory import is_out_of_memory
 from ..logs import one_line
 from ..web.auth import require_bearer
@@ -38,7 +38,7 @@ ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
 def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
     now = services.clock()
     try:
-        recorded = record(services.redis, services.scripts, services.config, payloads, now)
+        recorded = services.ingest.record(Entry(payloads, now))
     except RedisError as exc:
         if is_out_of_memory(exc):
             logger.warning("redis_full", extra={"reason": one_line(exc)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from flask import Flask, Response, g, request
 from psycopg2.pool import ThreadedConnectionPool
@@ -13,9 +14,11 @@ from redis import Redis
 
 from .. import logs
 from ..buffer.connection import redis_client
+from ..buffer.ingest import record_entries
 from ..buffer.scripts import Scripts
 from ..config import Config
 from ..ingest import views as ingest_views
+from ..ingest.group_commit import GroupCommit
 from ..ingest.schema import PayloadSchema
 from ..postgres.pool import database_pool
 from ..query import views as query_views
@@ -34,6 +37,7 @@ class Services:
     clock: Callable[[], float]
     metrics: Metrics
     pool: ThreadedConnectionPool | None  # None: DATABASE_URL unset (ingest only)
+    ingest: GroupCommit  # this process's shared INGEST calls
 
 
 def create_app(config: Config | None = None, *, clock: Callable[[], float] | None = None) -> Flask:
@@ -48,15 +52,17 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     redis = redis_client(config)
+    scripts = Scripts(redis)
     services = Services(
         config=config,
         redis=redis,
-        scripts=Scripts(redis),
+        scripts=scripts,
         schema=PayloadSchema(),
         clock=clock or time.time,
         metrics=Metrics(),
         # One connection per gunicorn thread at most: a request never waits for one.
         pool=database_pool(config, config.web_threads) if config.database_url else None,
+        ingest=GroupCommit(partial(record_entries, redis, scripts, config)),
     )
     app.extensions["payload_stats"] = services
     docs.init_app(app, [ingest_views.bp, query_views.bp, health.bp, metrics.bp])
