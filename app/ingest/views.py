@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Request, Response, current_app, request
 from redis.exceptions import RedisError
 
 from ..buffer.ingest import Entry, Recorded
@@ -32,7 +32,11 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("ingest", __name__, description="Device payloads in")
 
 MAX_BATCH = 1000
-ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
+
+
+def _services_and_request() -> tuple[Any, Request]:
+    # Each context-local lookup costs; the hot path does each once.
+    return current_app.extensions["payload_stats"], request._get_current_object()
 
 
 def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
@@ -44,10 +48,10 @@ def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
             logger.warning("redis_full", extra={"reason": one_line(exc)})
             config = services.config
             # Room comes back when the flush moves a closed window out of Redis.
-            wait = window_end(window_index(now, config.window_seconds), config.window_seconds)
+            end = window_end(window_index(now, config.window_seconds), config.window_seconds)
             raise BufferFull(
                 "The stats buffer is full; nothing was written. Retry after the time given.",
-                retry_after=max(1, math.ceil(wait + config.flush_grace_seconds - now)),
+                retry_after=max(1, math.ceil(end + config.flush_grace_seconds - now)),
             ) from None
         logger.warning("redis_unavailable", extra={"reason": one_line(exc)})
         raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
@@ -70,10 +74,10 @@ def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
 )
 def post_stats():
     """One payload. 200 {"accepted": 1, "duplicates": 0}; a retry is a duplicate."""
-    services = current_app.extensions["payload_stats"]
+    services, req = _services_and_request()
     require_bearer(services.config.ingest_token)
-    check_content_type(request, JSON_TYPES)
-    body = parse_json(read_body(request, services.config.max_body_bytes))
+    check_content_type(req, JSON_TYPES)
+    body = parse_json(read_body(req, services.config.max_body_bytes))
     payloads, errors = load_payloads(services.schema, [body])
     if errors:
         raise InvalidPayload(errors["0"])
@@ -103,11 +107,11 @@ def post_stats():
 )
 def post_batch():
     """1..1000 payloads as a JSON array or NDJSON; all are written, or none."""
-    services = current_app.extensions["payload_stats"]
+    services, req = _services_and_request()
     require_bearer(services.config.ingest_token)
-    check_content_type(request, JSON_TYPES + NDJSON_TYPES)
-    data = read_body(request, services.config.max_body_bytes)
-    if request.mimetype in NDJSON_TYPES:
+    check_content_type(req, JSON_TYPES + NDJSON_TYPES)
+    data = read_body(req, services.config.max_body_bytes)
+    if req.mimetype in NDJSON_TYPES:
         items = parse_ndjson(data, MAX_BATCH)
     else:
         items = parse_json(data)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class BufferFull(Unavailable):
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
-    g.error_code = body["error"]  # the reason label of the rejection metric
+    request.environ["payload_stats.error"] = body["error"]  # the rejection metric's reason
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
