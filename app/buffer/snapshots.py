@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis import Redis
 
@@ -44,8 +45,12 @@ class Snapshot:
         return cls(k=int(k), shard=shard, flush_id=flush_id)
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
+    """A snapshot's counters of one (customer, content): what the flush stages.
+
+    A tuple rather than a dataclass: a window may hold a million of them.
+    """
+
     customer: str
     content: str
     cdn: int
@@ -139,14 +144,26 @@ def read_snapshot(
         frozen = [keys.snapshot_counters(s, f, k, ident) for ident in idents]
         values = scripts.collect(keys=live + frozen, args=[len(idents)])
         rows: list[Row | Unreadable] = []
-        for ident, flat in zip(idents, values, strict=True):
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            if fields:
-                rows.append(_row(ident, fields))
+        for ident, found in zip(idents, values, strict=True):
+            if found[0] == b"*":
+                rows.append(_spilled(ident, dict(zip(found[1::2], found[2::2], strict=True))))
+            elif found[3] is not None:  # payloads: the hash exists
+                rows.append(_row(ident, found))
         yield rows
 
 
-def _row(ident: bytes, fields: dict[bytes, bytes]) -> Row | Unreadable:
+def _row(ident: bytes, found: list[bytes | None]) -> Row | Unreadable:
+    try:
+        customer, content = k_.decode_ident(ident)
+        cdn, p2p, sessions, payloads, watch = (int(v) if v else 0 for v in found)
+    except (ValueError, UnicodeDecodeError) as exc:
+        fields = {f: v for f, v in zip(b"cpsnw", found, strict=True) if v is not None}
+        return Unreadable(ident, {bytes([f]): v for f, v in fields.items()}, str(exc))
+    return Row(customer, content, cdn, p2p, sessions, payloads, watch)
+
+
+def _spilled(ident: bytes, fields: dict[bytes, bytes]) -> Row | Unreadable:
+    """A hash whose counters went on in spill fields: summed exactly."""
     try:
         customer, content = k_.decode_ident(ident)
         c = counters.from_fields(fields)

@@ -37,6 +37,7 @@ from ..postgres import writes
 from ..postgres.pool import connection
 from ..windows import last_closed_window, window_end, window_end_datetime
 from .failpoints import Failpoint, no_failpoint
+from .prefetch import prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -149,16 +150,19 @@ def _write_window(
             return writes.Written()
         writes.start_staging(conn)
         isolated = []
-        for snap in window_snapshots:
-            if snap.id not in owned:
-                continue
-            for batch in snapshots.read_snapshot(redis, config, snap, scripts):
-                rows = [r for r in batch if isinstance(r, Row) and writes.fits(r)]
-                if len(rows) < len(batch):
-                    isolated += (r for r in batch if not (isinstance(r, Row) and writes.fits(r)))
-                writes.stage(conn, rows)
-                failpoint("mid_batch")
-                on_progress()
+        reads = (
+            batch
+            for snap in window_snapshots
+            if snap.id in owned
+            for batch in snapshots.read_snapshot(redis, config, snap, scripts)
+        )
+        for batch in prefetched(reads):
+            rows = [r for r in batch if isinstance(r, Row) and writes.fits(r)]
+            if len(rows) < len(batch):
+                isolated += (r for r in batch if not (isinstance(r, Row) and writes.fits(r)))
+            writes.stage(conn, rows)
+            failpoint("mid_batch")
+            on_progress()
         quarantined = writes.isolate(conn, end, isolated, owned)
         written = writes.upsert(conn, end, owned)
         return replace(written, quarantined=written.quarantined + quarantined)

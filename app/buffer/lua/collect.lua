@@ -3,8 +3,10 @@
 -- KEYS[1..N] - live counter hashes of the batch's idents
 -- KEYS[N+1..2N] - the snapshot's counter hashes of the same idents, same order
 -- ARGV[1] - N
--- return - for each ident, in order, the snapshot hash as a flat
---   {field, value, ...} list (HGETALL; empty if the ident has no counters)
+-- return - for each ident, in order: {cdn, p2p, sessions, payloads, watch_ms}
+--   (a field never written is nil; payloads nil: the ident has no counters),
+--   or, when a counter went on in spill fields, {"*", field, value, ...} (all
+--   of the hash)
 --
 -- A hash already in the snapshot stays as it is: a live hash of the same
 -- ident is then a newer one, listed in a newer ident list. So running this
@@ -13,12 +15,24 @@
 local n = tonumber(ARGV[1])
 assert(#KEYS == 2 * n, 'COLLECT: a live and a snapshot key per ident')
 
+-- A counter of 19 digits or more is within 10^12 (cdn, p2p) or 2^53 (watch)
+-- of 2^63: only then can the payloads after it have gone on in spill fields.
+local function may_spill(value)
+  return value and #value >= 19
+end
+
 local out = {}
 for i = 1, n do
   local frozen = KEYS[n + i]
-  if redis.call('EXISTS', frozen) == 0 and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('RENAME', KEYS[i], frozen)
+  -- RENAMENX: never over a hash already moved; an error when there is no live
+  -- hash (already moved, or never there), which is no error here.
+  redis.pcall('RENAMENX', KEYS[i], frozen)
+  local v = redis.call('HMGET', frozen, 'c', 'p', 's', 'n', 'w')
+  if may_spill(v[1]) or may_spill(v[2]) or may_spill(v[5]) then
+    local all = redis.call('HGETALL', frozen)
+    table.insert(all, 1, '*')
+    v = all
   end
-  out[i] = redis.call('HGETALL', frozen)
+  out[i] = v
 end
 return out
