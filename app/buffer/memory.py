@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 SAFE_POLICY = "noeviction"
 
@@ -60,4 +60,8 @@ def check_eviction_policy(redis: Redis) -> MemoryState:
 
 def is_out_of_memory(exc: Exception) -> bool:
     """Whether Redis refused a write because maxmemory is reached."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+    # redis-py raises OutOfMemoryError with the "OOM" prefix taken off; a
+    # command in a pipeline comes back as a ResponseError naming it.
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "used memory > 'maxmemory'" in str(exc)
+    )

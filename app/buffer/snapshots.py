@@ -178,8 +178,10 @@ def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
     s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
     for idents in _batches(redis, config, snapshot):
         redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
-    # The record goes last: while it exists, a crash here is re-driven.
-    pipe = redis.pipeline(transaction=True)
+    # The record goes last: while it exists, a crash here is re-driven. No
+    # MULTI: a Redis at maxmemory refuses every command queued in one, and this
+    # is how a full Redis gets its memory back.
+    pipe = redis.pipeline(transaction=False)
     pipe.delete(keys.snapshot_list(s, f, k))
     pipe.hdel(keys.snapshots(s), snapshot.field)
     pipe.execute()

@@ -134,17 +134,6 @@ def mixed_batch(expected: Expected) -> list[dict]:
     ] + [payload(token=tokens[s][1], customer="new", content=f"n{s}", cdn=9) for s in range(4)]
 
 
-RELEASE_REFUSED = (
-    "buffer.snapshots.release deletes a snapshot's ident list and record in a MULTI/EXEC "
-    "pipeline; Redis refuses every command queued in MULTI while used memory > maxmemory "
-    "(even DEL/HDEL), so flush_once raises OutOfMemoryError after the commit, and every "
-    "later flush fails again on the same re-driven snapshot: the full Redis never drains"
-)
-OOM_NOT_RECOGNISED = (
-    "buffer.memory.is_out_of_memory tests str(exc).startswith('OOM'), but redis-py raises "
-    "OutOfMemoryError whose text has the 'OOM' prefix stripped (\"command not allowed when "
-    "used memory > 'maxmemory'.\"), so a full Redis is never recognised"
-)
 
 
 # --- all or nothing -----------------------------------------------------------------------------
@@ -177,7 +166,6 @@ def test_a_refused_request_writes_nothing_and_every_200_is_counted(
     assert stats_table(pool) == expected.rows
 
 
-@pytest.mark.xfail(strict=True, reason=OOM_NOT_RECOGNISED)
 def test_a_full_buffer_answers_buffer_full_with_retry_after_until_the_window_end(
     full_config, full_redis, full_client, clock
 ):
@@ -228,9 +216,6 @@ def test_a_full_redis_is_not_ready_and_says_so_on_metrics(
     assert metric(scraped, "payload_stats_redis_memory_max_bytes") == state.max_bytes
 
 
-@pytest.mark.xfail(
-    strict=True, reason=f"{OOM_NOT_RECOGNISED} (the lock's SET); and {RELEASE_REFUSED}"
-)
 def test_flush_with_lock_drains_a_full_redis_then_ingest_answers_200(
     full_config, full_redis, full_client, pool, clock, caplog
 ):
@@ -259,9 +244,6 @@ def test_flush_with_lock_drains_a_full_redis_then_ingest_answers_200(
     assert stats_table(pool) == expected.rows
 
 
-@pytest.mark.xfail(
-    strict=True, reason=f"{OOM_NOT_RECOGNISED} (the recorded-settings check); and {RELEASE_REFUSED}"
-)
 def test_the_flush_command_drains_a_full_redis(full_config, full_redis, pool, tmp_path):
     config = replace(full_config, window_seconds=1, flush_grace_seconds=0, data_dir=str(tmp_path))
     at = math.floor(time.time()) - 600 + 0.25
@@ -276,7 +258,6 @@ def test_the_flush_command_drains_a_full_redis(full_config, full_redis, pool, tm
     assert memory_state(full_redis).used_bytes < memory_state(full_redis).max_bytes
 
 
-@pytest.mark.xfail(strict=True, reason=RELEASE_REFUSED)
 def test_a_full_redis_drains_even_when_the_first_closed_window_frees_too_little(
     full_config, full_redis, full_client, pool, clock
 ):

@@ -5,8 +5,8 @@
 -- ARGV[1] - N
 -- return - for each ident, in order: {cdn, p2p, sessions, payloads, watch_ms}
 --   (a field never written is nil; payloads nil: the ident has no counters),
---   or, when a counter went on in spill fields, {"*", field, value, ...} (all
---   of the hash)
+--   or, when the hash has other fields too (a counter went on in spill
+--   fields, or the hash was damaged), {"*", field, value, ...}: all of it
 --
 -- A hash already in the snapshot stays as it is: a live hash of the same
 -- ident is then a newer one, listed in a newer ident list. So running this
@@ -15,12 +15,6 @@
 local n = tonumber(ARGV[1])
 assert(#KEYS == 2 * n, 'COLLECT: a live and a snapshot key per ident')
 
--- A counter of 19 digits or more is within 10^12 (cdn, p2p) or 2^53 (watch)
--- of 2^63: only then can the payloads after it have gone on in spill fields.
-local function may_spill(value)
-  return value and #value >= 19
-end
-
 local out = {}
 for i = 1, n do
   local frozen = KEYS[n + i]
@@ -28,7 +22,13 @@ for i = 1, n do
   -- hash (already moved, or never there), which is no error here.
   redis.pcall('RENAMENX', KEYS[i], frozen)
   local v = redis.call('HMGET', frozen, 'c', 'p', 's', 'n', 'w')
-  if may_spill(v[1]) or may_spill(v[2]) or may_spill(v[5]) then
+  local found = 0
+  for j = 1, 5 do
+    if v[j] then
+      found = found + 1
+    end
+  end
+  if redis.call('HLEN', frozen) > found then
     local all = redis.call('HGETALL', frozen)
     table.insert(all, 1, '*')
     v = all
