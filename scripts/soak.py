@@ -40,8 +40,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,13 +48,17 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg2
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = [sys.executable, "-m", "payload_stats"]  # the `payload-stats` command, from this checkout
+if str(ROOT) not in sys.path:  # tests.support, from this checkout
+    sys.path.insert(0, str(ROOT))
+
+from payload_stats.buffer import snapshots  # noqa: E402
+from payload_stats.config import Config  # noqa: E402
+from tests.support import servers  # noqa: E402
 
 CUSTOMERS = ["acme-tv", "globo", "cust:3", "ÉCOLE", "x y"]
 CONTENTS = [f"live/channel-{i}" for i in range(12)] + ["vod/a:b", "日本語/ライブ", "c"]
@@ -358,17 +360,6 @@ def run_load(job: Job) -> dict[str, Any]:
 # --- the service ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def with_search_path(url: str, schema: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
 class Service:
     """The web and scheduler subprocesses, their logs, and the run's sandbox."""
 
@@ -377,20 +368,20 @@ class Service:
         self.prefix = f"soak-{run_id}"
         self.schema = f"soak_{run_id}"
         self.workdir = workdir
-        self.port = free_port()
-        self.database_url = with_search_path(args.database_url, self.schema)
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("STATS_", "GUNICORN_"))
-        }
-        self.env.update(
-            REDIS_URL=args.redis_url,
-            DATABASE_URL=self.database_url,
-            STATS_KEY_PREFIX=self.prefix,
-            STATS_WINDOW_SECONDS=str(args.window),
-            STATS_FLUSH_GRACE_SECONDS=str(GRACE_SECONDS),
+        self.port = servers.free_port()
+        self.database_url = servers.with_search_path(args.database_url, self.schema)
+        self.config = Config(
+            redis_url=args.redis_url,
+            database_url=self.database_url,
+            key_prefix=self.prefix,
+            window_seconds=args.window,
+            flush_grace_seconds=GRACE_SECONDS,
+            flush_lock_seconds=2,
+            shards=args.shards,
+        )
+        self.env = servers.cli_environment(
+            self.config,
             STATS_FLUSH_INTERVAL_SECONDS="0.5",
-            STATS_FLUSH_LOCK_SECONDS="2",
-            STATS_SHARDS=str(args.shards),
             STATS_RETENTION_DAYS="0",
             STATS_LOG_FORMAT="text",
         )
@@ -411,68 +402,35 @@ class Service:
             conn.close()
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*COMMAND, *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def _log(self, name: str):
-        return (self.workdir / f"{name}.log").open("ab")
+        return servers.run_cli(self.env, *args, timeout=timeout)
 
     def start_web(self) -> None:
-        with self._log("web") as log:
-            self.web = subprocess.Popen(
-                [
-                    *COMMAND,
-                    "web",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(self.args.workers),
-                ],
-                env={**self.env, "STATS_LOG_LEVEL": "WARNING"},
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.web.poll() is not None:
-                raise RuntimeError(f"web exited with {self.web.returncode}; see {self.workdir}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            time.sleep(0.1)
-        raise RuntimeError("web did not answer /healthz within 60 s")
+        self.web = servers.start_cli(
+            {**self.env, "STATS_LOG_LEVEL": "WARNING"},
+            "web",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(self.args.workers),
+            log=self.workdir / "web.log",
+            new_session=True,  # gunicorn and its workers: stopped as one group
+        )
+        try:
+            servers.wait_for_http(f"http://127.0.0.1:{self.port}/healthz", self.web, timeout=60)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"web did not start ({exc}); see {self.workdir}") from None
 
     def start_scheduler(self, failpoint: str | None = None) -> None:
         """Start a scheduler; with ``failpoint``, it exits 17 at that step of a flush."""
         self.failpoint = failpoint
         env = {**self.env, "STATS_FAILPOINT": failpoint} if failpoint else self.env
-        with self._log("scheduler") as log:
-            self.scheduler = subprocess.Popen(
-                [*COMMAND, "scheduler"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.scheduler = servers.start_cli(env, "scheduler", log=self.workdir / "scheduler.log")
 
-    def snapshots(self) -> set[bytes]:
-        """The pending snapshots (``FLUSHID:k``) of every shard."""
+    def snapshots(self) -> set[str]:
+        """The ids of the pending snapshots of every shard."""
         redis = Redis.from_url(self.args.redis_url)
         try:
-            pipe = redis.pipeline(transaction=False)
-            for shard in range(self.args.shards):
-                pipe.hkeys(f"{self.prefix}:{{{shard}}}:snaps")
-            return {name for names in pipe.execute() for name in names}
+            return {snap.id for snap in snapshots.pending_snapshots(redis, self.config)}
         finally:
             redis.close()
 
@@ -497,19 +455,8 @@ class Service:
     def stop(self) -> None:
         """SIGTERM both processes (a graceful stop); SIGKILL what is left after 30 s."""
         for proc in (self.scheduler, self.web):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in (self.scheduler, self.web):
-            if proc is None:
-                continue
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                if proc is self.web:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                else:
-                    proc.kill()
-                proc.wait(10)
+            if proc is not None:
+                servers.stop(proc, timeout=30)
 
     def stats(self) -> dict[tuple[int, str, str], tuple[int, int, int]]:
         conn = psycopg2.connect(self.database_url)

