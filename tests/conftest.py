@@ -120,9 +120,16 @@ def pg_schema(database_url: str) -> Iterator[str]:
         conn.close()
 
 
-@pytest.fixture(params=[1, 4], ids=["1shard", "4shards"])
+@pytest.fixture
 def shards(request) -> int:
-    return request.param
+    """STATS_SHARDS of ``config``: 4, unless a test asks for other counts with
+    ``shard_counts`` (or its own ``@pytest.mark.parametrize("shards", ...)``)."""
+    return getattr(request, "param", 4)
+
+
+# For the tests whose outcome depends on the number of shards: sums across
+# shards, batches spanning shards, the flusher walking shards, concurrency.
+shard_counts = pytest.mark.parametrize("shards", [1, 4], ids=["1shard", "4shards"], indirect=True)
 
 
 @pytest.fixture

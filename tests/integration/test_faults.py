@@ -55,12 +55,6 @@ from tests.support.servers import (
 REDIS_SERVER = redis_server_binary()
 
 
-@pytest.fixture
-def shards() -> int:
-    """Four shards only (conftest runs both 1 and 4): these tests are slow enough."""
-    return 4
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 

@@ -39,7 +39,14 @@ from payload_stats.flush.flusher import FlushReport, flush_once
 from payload_stats.flush.lock import flush_with_lock
 from payload_stats.postgres.migrations import migrate, migrations
 from payload_stats.postgres.pool import connection, create_pool, database_pool
-from tests.conftest import START, FakeClock, payload, stats_rows, with_search_path
+from tests.conftest import (
+    START,
+    FakeClock,
+    payload,
+    shard_counts,
+    stats_rows,
+    with_search_path,
+)
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test"
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
@@ -393,6 +400,7 @@ def test_popular_content_from_all_shards_is_one_row(redis, pool, config, clock):
 # --- crashes, outages, stragglers, replays ------------------------------------------------------
 
 
+@shard_counts
 @pytest.mark.parametrize(
     ("point", "occurrence"),
     [
@@ -453,6 +461,7 @@ def test_repeated_crashes_with_stragglers_in_between(redis, pool, config, clock)
     assert_drained(redis, config)
 
 
+@shard_counts
 def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch):
     feeder = Feeder(redis, config)
     ends = populate(feeder, windows=2)
@@ -705,6 +714,7 @@ def test_after_commit_crash_replay_writes_nothing_twice(redis, pool, config, clo
 # --- concurrent flushers and the lock -----------------------------------------------------------
 
 
+@shard_counts
 @pytest.mark.parametrize("flushers", [2, 3])
 def test_racing_flushers_while_payloads_keep_coming(redis, pool, config, clock, flushers):
     feeder = Feeder(redis, config)
@@ -881,6 +891,7 @@ def _pid_of(pool_: RecordingPool, timeout: float = 10) -> int:
     return pool_.last.get_backend_pid()
 
 
+@shard_counts
 @pytest.mark.parametrize("how", ["deleted", "expired"])
 def test_lock_lost_mid_flush_while_another_flusher_runs(redis, pool, config, clock, how):
     feeder = Feeder(redis, config)

@@ -16,7 +16,6 @@ reported together, each with its minimal failing request.
 
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -37,12 +36,6 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 25  # per operation and generation mode
-
-
-@pytest.fixture
-def shards() -> int:
-    """One shard is enough: the document does not depend on sharding."""
-    return 1
 
 
 def test_every_operation_answers_as_documented(config, pool):

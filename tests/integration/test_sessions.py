@@ -18,7 +18,7 @@ import pytest
 from payload_stats.buffer import keys as k_
 from payload_stats.flush.flusher import flush_once
 from payload_stats.windows import window_index
-from tests.conftest import payload, stats_rows
+from tests.conftest import payload, shard_counts, stats_rows
 
 # --- helpers -----------------------------------------------------------------------
 
@@ -366,6 +366,7 @@ def test_unicode_and_separator_colliding_names_stay_apart(timeline):
     assert tl.rows() == expected
 
 
+@shard_counts
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_timelines_follow_the_session_rule(timeline, seed):
     """Twenty devices over four windows: resets, zero bytes, switches, flushes between."""
