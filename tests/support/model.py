@@ -70,6 +70,9 @@ class Row:
     def __add__(self, other: Row) -> Row:
         return Row(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
+    def __sub__(self, other: Row) -> Row:
+        return Row(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
     def __le__(self, other: Row) -> bool:
         """Every value at most ``other``'s (a partial order, for bounds)."""
         return all(a <= b for a, b in zip(astuple(self), astuple(other), strict=True))
