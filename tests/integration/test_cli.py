@@ -3,8 +3,9 @@
 Payloads are written in process with ``payload_stats.buffer.ingest.record`` at past instants
 (windows of 1 s, grace 0: they are closed at once), so the ``flush``
 subprocess, on the real clock, has work without the test sleeping. The
-expected rows come from the same SPEC-based ``Ledger`` as the in-process
-flush tests. Every subprocess is waited for, or killed, before the test ends.
+expected rows come from the reference model (``tests/support/model.py``),
+fed by the same ``Feeder`` as the in-process flush tests. Every subprocess
+is waited for, or killed, before the test ends.
 """
 
 from __future__ import annotations
@@ -25,15 +26,12 @@ import pytest
 from payload_stats.buffer import snapshots
 from payload_stats.config import Config
 from payload_stats.postgres.migrations import migrations
-from tests.conftest import payload, stats_rows
-from tests.integration.test_flush import (
+from tests.conftest import payload
+from tests.support.drive import Feeder
+from tests.support.model import Model, Row
+from tests.support.servers import (
     UNREACHABLE_DATABASE_URL,
     UNREACHABLE_REDIS_URL,
-    Feeder,
-    Ledger,
-    assert_drained,
-)
-from tests.support.servers import (
     cli_environment,
     descendants,
     free_port,
@@ -44,6 +42,7 @@ from tests.support.servers import (
     start_cli,
     wait_for_port,
 )
+from tests.support.store import assert_drained, stats_table
 
 FAILPOINT_EXIT_CODE = 17
 
@@ -115,7 +114,6 @@ def one_error_line(stderr: str) -> str:
 # --- init-db and flush --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 def test_init_db_twice(cli_config, pg_schema):
     env = cli_environment(cli_config)
     first = run_cli(env, "init-db")
@@ -136,17 +134,16 @@ def test_flush_prints_what_it_wrote(redis, pool, cli_config):
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
     assert parse_summary(done.stdout) == {
-        end: feeder.ledger.window_totals(end) for end in feeder.ledger.ends()
+        end: feeder.model.window_totals(end) for end in feeder.model.ends()
     }
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
     again = run_cli(env, "flush")
     assert (again.returncode, again.stdout) == (0, "nothing to flush\n"), again.stderr
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
 
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_flush_waits_for_end_plus_grace_on_the_real_clock(redis, pool, cli_config):
     config = replace(cli_config, window_seconds=2, flush_grace_seconds=2)
     env = cli_environment(config)
@@ -164,13 +161,13 @@ def test_flush_waits_for_end_plus_grace_on_the_real_clock(redis, pool, cli_confi
     in_grace = run_cli(env, "flush")
     assert time.time() < end + config.flush_grace_seconds, "too slow to test the grace"
     assert (in_grace.returncode, in_grace.stdout) == (0, "nothing to flush\n")
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
     time.sleep(max(0.0, end + config.flush_grace_seconds + 0.05 - time.time()))
     closed = run_cli(env, "flush")
     assert closed.returncode == 0, closed.stderr
-    assert parse_summary(closed.stdout) == {end: feeder.ledger.window_totals(end)}
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert parse_summary(closed.stdout) == {end: feeder.model.window_totals(end)}
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -193,15 +190,14 @@ def test_flush_fails_in_one_line_when_a_server_is_down(
     assert failed.stdout == ""
     assert one_error_line(failed.stderr).startswith(f"payload-stats: error: {server}: ")
     assert sorted(set(redis.scan_iter(match=f"{cli_config.key_prefix}:*"))) == before
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
     done = run_cli(cli_environment(cli_config), "flush")
     assert done.returncode == 0, done.stderr
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 @pytest.mark.parametrize(
     ("command", "variable", "value"),
     [
@@ -223,7 +219,7 @@ def test_invalid_configuration_exits_2_naming_the_variable(
     failed = run_cli(cli_environment(cli_config, **{variable: value}), command, timeout=30)
     assert failed.returncode == 2, (failed.stdout, failed.stderr)
     assert variable in one_error_line(failed.stderr)
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
     assert snapshots.pending_snapshots(redis, cli_config) == []
 
 
@@ -240,10 +236,10 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
     crashed = run_cli({**env, "STATS_FAILPOINT": point}, "flush")
     assert crashed.returncode == FAILPOINT_EXIT_CODE, (crashed.stdout, crashed.stderr)
     assert crashed.stdout == ""
-    ends = feeder.ledger.ends()
-    committed = stats_rows(pool)
+    ends = feeder.model.ends()
+    committed = stats_table(pool)
     if point == "after_commit":  # the first window is in PostgreSQL, still in Redis too
-        assert committed == feeder.ledger.expected(until_end=ends[0])
+        assert committed == feeder.model.rows(until_end=ends[0])
     else:
         assert committed == {}
     assert snapshots.pending_snapshots(redis, cli_config)
@@ -253,15 +249,14 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
     written = parse_summary(done.stdout)
     assert sorted(written) == ends
     for end in ends:
-        expected = feeder.ledger.window_totals(end)
+        expected = feeder.model.window_totals(end)
         if point == "after_commit" and end == ends[0]:
             expected = dict.fromkeys(expected, 0)  # replayed: nothing written twice
         assert written[end] == expected
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
 
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_flush_killed_at_random_instants(redis, pool, cli_config):
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -292,7 +287,7 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
 
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
-    assert stats_rows(pool) == feeder.ledger.expected(), f"seed {seed}, exit codes {codes}"
+    assert stats_table(pool) == feeder.model.rows(), f"seed {seed}, exit codes {codes}"
     assert_drained(redis, cli_config)
     assert interrupted, f"no kill landed inside a flush (seed {seed}, exit codes {codes})"
 
@@ -317,7 +312,6 @@ README_PAYLOAD = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_serve_end_to_end(pool, cli_config, tmp_path):
     config = replace(cli_config, window_seconds=2, flush_grace_seconds=0.5)
     env = cli_environment(config, STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_DATA_DIR=str(tmp_path))
@@ -334,7 +328,7 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
         children = descendants(proc.pid)
         assert len(children) >= 4, f"expected web, 2 workers and scheduler: {children}"
 
-        ledger = Ledger(config.window_seconds)
+        model = Model.of(config)
         sent = [
             README_PAYLOAD,  # sessionDuration 30 s >= the 2 s window: starts no session
             {**README_PAYLOAD, "cdn": 1, "p2p": 2, "sessionDuration": 60000},
@@ -362,26 +356,28 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
         now = time.time()
         if now % 2 > 1.0:  # all payloads in one window, far from its end
             time.sleep(2 - now % 2 + 0.02)
-        first = time.time()
-        for body in sent:
-            assert _post(url, body) == (200, {"accepted": 1, "duplicates": 0})
-        # A device retrying the README payload: answered, counted once (README "Retries").
-        assert _post(url, README_PAYLOAD) == (200, {"accepted": 0, "duplicates": 1})
-        last = time.time()
-        assert math.floor(first / 2) == math.floor(last / 2), "payloads straddled a window end"
-        for body in sent:
-            ledger.add(body, first)
-        end = ledger.ends()[0]
-        assert ledger.expected() == {
-            (end, "acme-tv", "live/channel-1"): (1048577 + 10, 5242882 + 20, 1),
-            (end, "acme-tv", "vod/a:b"): (0, 0, 1),
-            (end, "other", "live/channel-1"): (10**12, 10**12, 1),
+        # Then a device retrying the README payload: answered, counted once.
+        for body in [*sent, README_PAYLOAD]:
+            before = time.time()
+            status, answer = _post(url, body)
+            expected = model.receive(before, body, until=time.time())
+            assert status == 200
+            assert answer == {
+                "accepted": int(expected.counted),
+                "duplicates": int(expected.duplicate),
+            }
+        assert answer == {"accepted": 0, "duplicates": 1}
+        end = model.ends()[0]
+        assert model.rows() == {
+            (end, "acme-tv", "live/channel-1"): Row(1048577 + 10, 5242882 + 20, 1, 3),
+            (end, "acme-tv", "vod/a:b"): Row(0, 0, 1, 1),
+            (end, "other", "live/channel-1"): Row(10**12, 10**12, 1, 1),
         }
 
         deadline = time.monotonic() + (end + 10 - time.time())
-        while stats_rows(pool) != ledger.expected() and time.monotonic() < deadline:
+        while stats_table(pool) != model.rows() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert stats_rows(pool) == ledger.expected()
+        assert stats_table(pool) == model.rows()
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

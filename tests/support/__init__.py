@@ -4,7 +4,10 @@
 - ``servers``: free ports, a private ``redis-server``, the CLI as a
   subprocess, waiting for ports, stopping process groups.
 - ``store``: what Redis and PostgreSQL hold, read for assertions.
+- ``drive``: ingest in process with the model checking every answer
+  (``Feeder``), and failpoints that crash a flush.
 - ``http``: checks of HTTP answers (the JSON error body).
 
-The package ``payload_stats`` never imports from here.
+Test modules import from here, never from each other. The package
+``payload_stats`` never imports from here.
 """

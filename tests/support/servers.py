@@ -23,6 +23,10 @@ from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
+# Nothing listens on port 1: refused at once.
+UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
+UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test"
+
 
 # --- ports and waiting ---------------------------------------------------------------------------
 
