@@ -1,4 +1,4 @@
-"""GET /metrics, the OpenAPI document, /docs and the JSON logs (issue 4), on real servers.
+"""GET /metrics, the OpenAPI document, /docs and the JSON logs, on real servers.
 
 Metrics are read back with prometheus_client's own text parser and compared
 with exact counts of what each test did. The gunicorn test starts the real

@@ -1,4 +1,4 @@
-"""Retention (issue 4): deleting ``stats`` rows older than STATS_RETENTION_DAYS.
+"""Retention: deleting ``stats`` rows older than STATS_RETENTION_DAYS.
 
 Rows are inserted at known instants around the cut-off (``now`` - days, to the
 microsecond) into the test's PostgreSQL schema; after ``prune`` exactly the
