@@ -40,6 +40,7 @@ from payload_stats.logs import JSONFormatter
 from payload_stats.postgres.pool import database_pool
 from payload_stats.web.app import create_app
 from tests.conftest import payload
+from tests.support.drive import Crash, crash_at
 from tests.support.servers import ROOT, cli_environment, free_port, http, stop, wait_for_http
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
@@ -90,7 +91,6 @@ def post(client, body: Any, **kwargs: Any):
 # --- request metrics -----------------------------------------------------------
 
 
-@one_shard
 def test_payloads_accepted_duplicate_and_rejected_by_reason(config, clock, redis):
     client = create_app(replace(config, max_body_bytes=2048), clock=clock).test_client()
     before = scrape(client)
@@ -124,7 +124,6 @@ def test_payloads_accepted_duplicate_and_rejected_by_reason(config, clock, redis
     }
 
 
-@one_shard
 def test_rejected_batch_and_unauthorized_are_counted(config, clock, redis):
     client = create_app(replace(config, ingest_token="i"), clock=clock).test_client()
     assert post(client, payload()).status_code == 401
@@ -141,7 +140,6 @@ def test_rejected_batch_and_unauthorized_are_counted(config, clock, redis):
     assert value(samples, "payload_stats_payloads_accepted_total") == 0
 
 
-@one_shard
 def test_latency_histogram_is_labelled_by_route_pattern(config, clock, redis, pool):
     client = create_app(config, clock=clock).test_client()
     for i in range(2):
@@ -186,11 +184,6 @@ def test_latency_histogram_is_labelled_by_route_pattern(config, clock, redis, po
 
 
 # --- flush metrics ---------------------------------------------------------------
-
-
-def crash_after_freeze(point: str) -> None:
-    if point == "after_freeze":
-        raise RuntimeError("crash after freeze")
 
 
 def test_flush_metrics_windows_pending_and_oldest_age(config, clock, redis, pool):
@@ -265,15 +258,14 @@ def test_frozen_snapshots_are_pending(config, clock, redis, pool):
     client = create_app(config, clock=clock).test_client()
     assert post(client, payload()).status_code == 200
     clock.now = FIRST_END + 45
-    with pytest.raises(RuntimeError):
-        flush_once(redis, pool, config, clock, failpoint=crash_after_freeze)
+    with pytest.raises(Crash):
+        flush_once(redis, pool, config, clock, failpoint=crash_at("after_freeze"))
     assert snapshots.pending_snapshots(redis, config)
     samples = scrape(client)
     assert value(samples, "payload_stats_windows_pending") == 1
     assert value(samples, "payload_stats_oldest_unflushed_window_age_seconds") == 45
 
 
-@one_shard
 def test_redis_down_is_reported_not_a_500(config, clock):
     client = create_app(replace(config, redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
     samples = scrape(client)
@@ -344,7 +336,6 @@ def gunicorn(config: Config, pool, tmp_path: Path) -> Iterator[tuple[str, Path]]
         stop(proc)
 
 
-@one_shard
 def test_metrics_sum_both_gunicorn_workers(gunicorn, tmp_path):
     base, metrics_dir = gunicorn
     scratch = tmp_path / "scratch"
