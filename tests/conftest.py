@@ -6,6 +6,11 @@ otherwise an embedded Redis and PostgreSQL (the ``embedded`` extra) started
 once for the whole run. Each test gets its own Redis key prefix and its own
 PostgreSQL schema, both removed afterwards, so tests never see each other's
 data and never touch anything else on the servers.
+
+``config`` has 4 shards; a test whose outcome depends on the count runs with
+1 and 4 (``shard_counts``). What tests share beyond fixtures -- the reference
+model of the rules, process helpers, readers of Redis and PostgreSQL -- is in
+``tests/support``.
 """
 
 from __future__ import annotations
