@@ -21,7 +21,9 @@ The rules:
 - ``docs/retries.md``: a payload with the same ``retry_identity`` as one
   counted within the de-duplication horizon (whole windows: counted in window
   ``j``, received in window ``k``, ``k - j <= horizon``) is a duplicate: it is
-  answered and counts nothing, neither bytes nor a session.
+  answered and counts nothing, neither bytes nor a session. It renews the
+  token's memory and changes nothing else the service remembers. Within the
+  horizon a copy is a duplicate even if the token may have been forgotten.
 
 Where the rules leave the service a choice the model follows every
 possibility: a token silent for more than ``2 * L`` may or may not be
@@ -125,12 +127,18 @@ class Tally:
 
 @dataclass(frozen=True)
 class _Memory:
-    """What the service may remember of one token: whether it started a session,
-    and the retry identities it counted, each with the windows it may have been
-    counted in (first, last)."""
+    """What the service may remember of one token: whether it has been seen and has
+    started a session, and the retry identities it counted, each with the windows
+    it may have been counted in (first, last)."""
 
-    started: bool
+    seen: bool = False
+    started: bool = False
     counted: frozenset[tuple[Hashable, int, int]] = frozenset()
+
+    def forgotten(self) -> _Memory:
+        """Forgotten after 2L of silence: never seen (docs/sessions.md), but its
+        retries are still recognised within the horizon (docs/retries.md)."""
+        return _Memory(counted=self.counted)
 
 
 @dataclass
@@ -187,8 +195,8 @@ class Model:
     ) -> None:
         self.length = window_seconds
         self.horizon = dedup_windows  # 0: de-duplication off
-        # Every memory the service may hold of a token; None: not remembered.
-        self._memory: dict[Hashable, frozenset[_Memory | None]] = {}
+        # Every memory the service may hold of a token.
+        self._memory: dict[Hashable, frozenset[_Memory]] = {}
         self._last: dict[Hashable, float] = {}  # earliest reception time of its latest payload
         self._low: dict[Key, Row] = defaultdict(Row)
         self._high: dict[Key, Row] = defaultdict(Row)
@@ -211,15 +219,15 @@ class Model:
     def end(self, k: int) -> int:
         return (k + 1) * self.length
 
-    def _starts(self, memory: _Memory | None, p: Payload) -> bool:
+    def _starts(self, memory: _Memory, p: Payload) -> bool:
         short = p["sessionDuration"] < self.length * 1000
-        if memory is None:  # never seen (or forgotten)
+        if not memory.seen:  # never seen (or forgotten)
             return short
         return short and not memory.started and p["cdn"] + p["p2p"] == 0
 
-    def _duplicate(self, memory: _Memory | None, identity: Hashable, k: int) -> set[bool]:
+    def _duplicate(self, memory: _Memory, identity: Hashable, k: int) -> set[bool]:
         """Whether a payload received in window ``k`` is a duplicate: {True}, {False} or both."""
-        if memory is None or self.horizon == 0:
+        if self.horizon == 0:
             return {False}
         possible = {False}
         for counted, first, last in memory.counted:
@@ -263,9 +271,9 @@ class Model:
             raise ValueError("until is before t")
         key, identity = memory_key(p), retry_identity(p)
         windows = range(self.window(t), self.window(until) + 1)
-        memories = set(self._memory.get(key, frozenset({None})))
+        memories = set(self._memory.get(key, frozenset({_Memory()})))
         if self._may_forget(key, t, until):
-            memories.add(None)
+            memories |= {memory.forgotten() for memory in memories}
 
         branches = [
             (k, memory, not duplicate)
@@ -280,21 +288,19 @@ class Model:
 
         outcomes = []  # (window, counted, starts)
         # What the service may remember afterwards, the windows of this payload's
-        # record merged: {(started, older records, counted): windows}.
-        after: dict[tuple[bool, frozenset, bool], list[int]] = defaultdict(list)
+        # record merged: {(seen, started, older records, recorded): windows}. A
+        # retry changes nothing it remembers (docs/retries.md).
+        after: dict[tuple[bool, bool, frozenset, bool], list[int]] = defaultdict(list)
         for k, memory, is_counted in branches:
             starts = is_counted and self._starts(memory, p)
             outcomes.append((k, is_counted, starts))
-            older = frozenset(
-                record
-                for record in (memory.counted if memory else ())
-                if record[2] >= windows[0] - self.horizon
-            )
-            started = starts or (memory is not None and memory.started)
-            after[(started, older, is_counted and self.horizon > 0)].append(k)
+            older = frozenset(r for r in memory.counted if r[2] >= windows[0] - self.horizon)
+            seen = memory.seen or is_counted
+            started = memory.started or starts
+            after[(seen, started, older, is_counted and self.horizon > 0)].append(k)
         self._memory[key] = frozenset(
-            _Memory(started, older | ({(identity, min(ks), max(ks))} if record else set()))
-            for (started, older, record), ks in after.items()
+            _Memory(seen, started, older | ({(identity, min(ks), max(ks))} if record else set()))
+            for (seen, started, older, record), ks in after.items()
         )
         self._last[key] = max(t, self._last.get(key, t))
         self._account(p, outcomes)

@@ -129,12 +129,16 @@ def test_the_retry_horizon_is_whole_windows(dedup_seconds, windows_later, duplic
     assert model.receive(END + (windows_later - 1) * L + 1, p).duplicate is duplicate
 
 
-def test_a_retry_of_a_token_silent_for_more_than_2L_may_or_may_not_be_a_duplicate() -> None:
+def test_a_copy_within_the_horizon_is_a_retry_even_after_2L_of_silence() -> None:
+    # docs/retries.md: counted at 10:03:17, a copy at 10:14:59.999 is a retry,
+    # although the token (docs/sessions.md) may be forgotten by then.
     model = Model(L)
-    p = payload(token="t", sessionDuration=L * 1000)
-    model.receive(T, p)
+    model.receive(T + 197, zero("t", 1))
+    later = model.receive(T + 3 * L - 0.001, zero("t", 1))
+    new = model.receive(T + 3 * L - 0.001, zero("t", 2))
 
-    assert model.receive(T + 3 * L - 1, p).counted is None  # window K + 2, silent 3L - 1 s
+    assert later == Answer(counted=False, starts=False, end=END + 2 * L)
+    assert (new.counted, new.starts) == (True, None)  # the session: forgotten or not
 
 
 def test_a_reception_time_known_within_an_interval_bounds_the_rows() -> None:
@@ -164,14 +168,16 @@ def test_the_answer_the_service_gave_settles_what_the_rules_leave_open() -> None
     p = payload(token="t", cdn=7, p2p=0, sessionDuration=L * 1000)
     model.receive(T, p)
 
-    open_ = model.receive(T + 3 * L - 1, p, counted=False)  # may or may not be a duplicate
-    broken = model.receive(T + 3 * L - 0.5, p, counted=True)  # now certainly a duplicate
+    # Received in window K + 2 (a retry) or K + 3 (counted again): it was counted,
+    # so in K + 3.
+    open_ = model.receive(END + 2 * L - 1, p, until=END + 2 * L + 1, counted=True)
+    broken = model.receive(END + 2 * L + 2, p, counted=True)  # certainly a duplicate
 
-    assert (open_.counted, open_.contradicted) == (None, False)
+    assert (open_.counted, open_.end, open_.contradicted) == (None, END + 3 * L, False)
     assert (broken.counted, broken.contradicted) == (False, True)
     assert model.rows() == {
         (END, "acme", "movie-1"): Row(7, 0, 0, 1),
-        (END + 2 * L, "acme", "movie-1"): Row(7, 0, 0, 1),  # followed the service
+        (END + 3 * L, "acme", "movie-1"): Row(14, 0, 0, 2),  # followed the service
     }
 
 

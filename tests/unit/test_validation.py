@@ -257,6 +257,12 @@ RULES = {
     "a duplicate byte count is refused": Body(
         twice("cdn", "1000000000000"), NOT_JSON, "'cdn' appears twice"
     ),
+    "a duplicate key written with escapes is refused": Body(
+        b'{"c\\u0064n": 5, ' + encode(payload())[1:], NOT_JSON, "'cdn' appears twice"
+    ),
+    "a repeated unknown field is not an error": Body(
+        encode(payload())[:-1] + b', "x": 1, "x": 2}', ACCEPTED, loaded=payload()
+    ),
     "NaN and the infinities are not JSON, anywhere": Body(
         [
             body_with(field, Raw(constant))
