@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import psycopg2
 from redis import Redis
 
+from tests.support.servers import with_search_path
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def with_search_path(url: str, schema: str) -> str:
-    """``url`` whose connections use ``schema`` (libpq ``options``)."""
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
 
 
 def new_prefix() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.servers import free_port, kill_group, port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,20 +71,6 @@ class WorkerSetup:
         return cls(
             cls_name or None, int(workers) if workers else None, int(threads) if threads else None
         )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class Server:
@@ -149,7 +136,7 @@ class Server:
         """Wait until gunicorn accepts connections. Raises ServerError (and stops it)."""
         assert self.proc is not None
         deadline = time.monotonic() + self.start_timeout
-        while not _answers(self.port):
+        while not port_open(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(f"{self.name} did not start:\n{self.tail()}")
@@ -195,8 +182,7 @@ class Server:
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            kill_group(self.proc)
 
     def stop(self) -> None:
         self.terminate()

@@ -13,18 +13,20 @@ get a 4xx and count nothing). Meanwhile the scheduler is SIGKILLed and
 restarted at random, and some of its lives run with ``STATS_FAILPOINT`` set
 (they die by themselves at that step of a flush). At the end, once the last
 window has closed, a final ``payload-stats flush`` runs and ``stats`` is
-compared with the load processes' own ledger of what was answered 2xx:
+compared with what the reference model (``tests/support/model.py``) makes of
+the payloads answered 2xx, each given to it with the answer it got and its
+reception time: between the start of its request and the end of the answer
+(by the client's clock, the same host's as the server's), widened by
+``--margin`` seconds either way.
 
-- per (customer, content) over the whole run: cdn, p2p and sessions exactly;
-- per (window, customer, content): exactly, for payloads whose request
-  started and ended (by the client's clock, the same host's as the server's)
-  more than ``--margin`` seconds inside one window. A payload sent closer to
-  a boundary may be in either window: it is reported apart, and a row it may
-  belong to must lie between the sum without it and the sum with it.
+- per (customer, content) over the whole run: cdn, p2p and payloads exactly,
+  sessions within what the rules allow;
+- per (window, customer, content): exactly where the model is certain; a
+  row a payload near a window boundary may belong to must lie between the
+  sum without it and the sum with it.
 
-Expected sessions follow SPEC section 4, computed here from the payloads,
-with every token new in the soak. Prints a summary ending in
-``mismatches: N`` and exits 1 on any mismatch (2 on a usage error).
+Every token is new in the soak. Prints a summary ending in ``mismatches: N``
+and exits 1 on any mismatch (2 on a usage error).
 
 Servers: ``--redis-url``/``--database-url``, or REDIS_URL/DATABASE_URL.
 """
@@ -40,23 +42,26 @@ import os
 import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import psycopg2
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND = [sys.executable, "-m", "payload_stats"]  # the `payload-stats` command, from this checkout
+if str(ROOT) not in sys.path:  # tests.support, from this checkout
+    sys.path.insert(0, str(ROOT))
+
+from payload_stats.buffer import snapshots  # noqa: E402
+from payload_stats.config import Config  # noqa: E402
+from tests.support import servers  # noqa: E402
+from tests.support.model import Bounds, Key, Model, Row  # noqa: E402
 
 CUSTOMERS = ["acme-tv", "globo", "cust:3", "ÉCOLE", "x y"]
 CONTENTS = [f"live/channel-{i}" for i in range(12)] + ["vod/a:b", "日本語/ライブ", "c"]
@@ -109,63 +114,28 @@ class Load:
         self.length = job.window
         self.counts: Counter[str] = Counter()
         self.errors: list[str] = []
-        # Expected sums: whole run per (customer, content); per window end for
-        # payloads well inside a window; per candidate window for the others.
-        self.totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-        self.inside: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-        self.maybe: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-        self.uncertain_sessions: Counter[tuple[str, str]] = Counter()
-        self.seen: dict[str, float] = {}  # token -> t_before of its latest counted payload
-        self.started: set[str] = set()
+        # What the service must have done with every payload answered 2xx; the
+        # tokens of one load process are its own, so the models add up.
+        self.model = Model(job.window)
         self.last_after = 0.0
         self._tokens = 0
 
-    # SPEC section 4, applied to one counted payload.
-    def _session(self, body: dict[str, Any], t_before: float, t_after: float) -> tuple[int, int]:
-        """(starts, uncertain): whether it starts a session, and whether the
-        service may have forgotten the token (2 windows without payloads)."""
-        token = body["token"]
-        short = body["sessionDuration"] < self.length * 1000
-        remembered = token in self.seen
-        starts = (
-            short
-            and token not in self.started
-            and (not remembered or body["cdn"] + body["p2p"] == 0)
+    def _count(self, body: dict[str, Any], t_before: float, t_after: float, counted: bool) -> None:
+        """Give the model a payload answered 2xx (``counted``, or a duplicate) and
+        received between ``t_before`` and ``t_after``; count what the rules forbid."""
+        margin = self.job.margin
+        answer = self.model.receive(
+            t_before - margin, body, until=t_after + margin, counted=counted
         )
-        uncertain = (
-            short and remembered and not starts and t_after - self.seen[token] >= 2 * self.length
-        )
-        self.seen[token] = t_before
-        if starts:
-            self.started.add(token)
-        return int(starts), int(uncertain)
-
-    def _count(self, body: dict[str, Any], t_before: float, t_after: float) -> None:
-        starts, uncertain = self._session(body, t_before, t_after)
-        pair = (body["customer"], body["content"])
-        amounts = (body["cdn"], body["p2p"], starts)
-        total = self.totals[pair]
-        for i, v in enumerate(amounts):
-            total[i] += v
-        self.uncertain_sessions[pair] += uncertain
-        k1, k2 = math.floor(t_before / self.length), math.floor(t_after / self.length)
-        inside = (
-            k1 == k2
-            and t_before - k1 * self.length > self.job.margin
-            and (k1 + 1) * self.length - t_after > self.job.margin
-        )
-        if inside and not uncertain:
-            row = self.inside[((k1 + 1) * self.length, *pair)]
-            for i, v in enumerate(amounts):
-                row[i] += v
-        else:
-            self.counts["boundary"] += 1
-            for k in range(k1, k2 + 1):
-                row = self.maybe[((k + 1) * self.length, *pair)]
-                row[0] += body["cdn"]
-                row[1] += body["p2p"]
-                row[2] += starts + uncertain
-        self.counts["accepted"] += 1
+        if answer.contradicted and counted:
+            self.counts["retries_counted"] += 1
+            self.errors.append(f"a retry was counted again: {body}")
+        elif answer.contradicted:
+            self.counts["new_payload_duplicate"] += 1
+            self.errors.append(f"a new payload was answered as a duplicate: {body}")
+        if counted:
+            self.counts["accepted"] += 1
+            self.counts["boundary"] += answer.end is None
         self.last_after = max(self.last_after, t_after)
 
     def _post(self, body: Any) -> tuple[int, Any]:
@@ -231,16 +201,9 @@ class Load:
                 return False
             if duplicate:
                 self.counts["duplicates"] += 1
-            if retry_of_accepted:
-                if counted:  # a retry within the horizon must count nothing
-                    self.counts["retries_counted"] += 1
-                    self.errors.append(f"a retry was counted again: {body}")
-                    self._count(body, t_before, t_after)
-            elif counted or attempt:
-                self._count(body, t_before, t_after)
-            else:  # the first attempt of a new payload, answered as a retry
-                self.counts["new_payload_duplicate"] += 1
-                self.errors.append(f"a new payload was answered as a duplicate: {body}")
+            # A new payload answered as a duplicate after an attempt without an
+            # answer (or a 503) was counted by that attempt.
+            self._count(body, t_before, t_after, counted or (attempt > 0 and not retry_of_accepted))
             return True
         self.counts["unanswered"] += 1
         return False
@@ -342,10 +305,7 @@ class Load:
         return {
             "counts": dict(self.counts),
             "errors": self.errors[:20],
-            "totals": dict(self.totals),
-            "inside": dict(self.inside),
-            "maybe": dict(self.maybe),
-            "uncertain_sessions": dict(self.uncertain_sessions),
+            "bounds": self.model.bounds(),
             "last_after": self.last_after,
         }
 
@@ -358,17 +318,6 @@ def run_load(job: Job) -> dict[str, Any]:
 # --- the service ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def with_search_path(url: str, schema: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
 class Service:
     """The web and scheduler subprocesses, their logs, and the run's sandbox."""
 
@@ -377,20 +326,20 @@ class Service:
         self.prefix = f"soak-{run_id}"
         self.schema = f"soak_{run_id}"
         self.workdir = workdir
-        self.port = free_port()
-        self.database_url = with_search_path(args.database_url, self.schema)
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("STATS_", "GUNICORN_"))
-        }
-        self.env.update(
-            REDIS_URL=args.redis_url,
-            DATABASE_URL=self.database_url,
-            STATS_KEY_PREFIX=self.prefix,
-            STATS_WINDOW_SECONDS=str(args.window),
-            STATS_FLUSH_GRACE_SECONDS=str(GRACE_SECONDS),
+        self.port = servers.free_port()
+        self.database_url = servers.with_search_path(args.database_url, self.schema)
+        self.config = Config(
+            redis_url=args.redis_url,
+            database_url=self.database_url,
+            key_prefix=self.prefix,
+            window_seconds=args.window,
+            flush_grace_seconds=GRACE_SECONDS,
+            flush_lock_seconds=2,
+            shards=args.shards,
+        )
+        self.env = servers.cli_environment(
+            self.config,
             STATS_FLUSH_INTERVAL_SECONDS="0.5",
-            STATS_FLUSH_LOCK_SECONDS="2",
-            STATS_SHARDS=str(args.shards),
             STATS_RETENTION_DAYS="0",
             STATS_LOG_FORMAT="text",
         )
@@ -411,68 +360,35 @@ class Service:
             conn.close()
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*COMMAND, *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def _log(self, name: str):
-        return (self.workdir / f"{name}.log").open("ab")
+        return servers.run_cli(self.env, *args, timeout=timeout)
 
     def start_web(self) -> None:
-        with self._log("web") as log:
-            self.web = subprocess.Popen(
-                [
-                    *COMMAND,
-                    "web",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(self.args.workers),
-                ],
-                env={**self.env, "STATS_LOG_LEVEL": "WARNING"},
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.web.poll() is not None:
-                raise RuntimeError(f"web exited with {self.web.returncode}; see {self.workdir}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            time.sleep(0.1)
-        raise RuntimeError("web did not answer /healthz within 60 s")
+        self.web = servers.start_cli(
+            {**self.env, "STATS_LOG_LEVEL": "WARNING"},
+            "web",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(self.args.workers),
+            log=self.workdir / "web.log",
+            new_session=True,  # gunicorn and its workers: stopped as one group
+        )
+        try:
+            servers.wait_for_http(f"http://127.0.0.1:{self.port}/healthz", self.web, timeout=60)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"web did not start ({exc}); see {self.workdir}") from None
 
     def start_scheduler(self, failpoint: str | None = None) -> None:
         """Start a scheduler; with ``failpoint``, it exits 17 at that step of a flush."""
         self.failpoint = failpoint
         env = {**self.env, "STATS_FAILPOINT": failpoint} if failpoint else self.env
-        with self._log("scheduler") as log:
-            self.scheduler = subprocess.Popen(
-                [*COMMAND, "scheduler"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.scheduler = servers.start_cli(env, "scheduler", log=self.workdir / "scheduler.log")
 
-    def snapshots(self) -> set[bytes]:
-        """The pending snapshots (``FLUSHID:k``) of every shard."""
+    def snapshots(self) -> set[str]:
+        """The ids of the pending snapshots of every shard."""
         redis = Redis.from_url(self.args.redis_url)
         try:
-            pipe = redis.pipeline(transaction=False)
-            for shard in range(self.args.shards):
-                pipe.hkeys(f"{self.prefix}:{{{shard}}}:snaps")
-            return {name for names in pipe.execute() for name in names}
+            return {snap.id for snap in snapshots.pending_snapshots(redis, self.config)}
         finally:
             redis.close()
 
@@ -497,32 +413,21 @@ class Service:
     def stop(self) -> None:
         """SIGTERM both processes (a graceful stop); SIGKILL what is left after 30 s."""
         for proc in (self.scheduler, self.web):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in (self.scheduler, self.web):
-            if proc is None:
-                continue
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                if proc is self.web:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                else:
-                    proc.kill()
-                proc.wait(10)
+            if proc is not None:
+                servers.stop(proc, timeout=30)
 
-    def stats(self) -> dict[tuple[int, str, str], tuple[int, int, int]]:
+    def stats(self) -> dict[Key, Row]:
         conn = psycopg2.connect(self.database_url)
         try:
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT extract(epoch FROM time)::bigint, customer, content, "
-                    "cdn, p2p, sessions FROM stats"
+                    "cdn, p2p, sessions, payloads FROM stats"
                 )
                 rows = cur.fetchall()
         finally:
             conn.close()
-        return {(t, cu, co): (cdn, p2p, s) for t, cu, co, cdn, p2p, s in rows}
+        return {(t, cu, co): Row(cdn, p2p, s, n) for t, cu, co, cdn, p2p, s, n in rows}
 
     def leftover_keys(self) -> list[str]:
         """Redis keys still holding buffered data: live counters or snapshots."""
@@ -559,62 +464,10 @@ class Service:
 # --- the check -----------------------------------------------------------------------------------
 
 
-def merge(results: list[dict[str, Any]], name: str) -> dict[tuple, list[int]]:
-    merged: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for result in results:
-        for key, values in result[name].items():
-            row = merged[key]
-            for i, v in enumerate(values):
-                row[i] += v
-    return merged
-
-
-def compare(
-    results: list[dict[str, Any]], rows: dict[tuple, tuple[int, int, int]]
-) -> tuple[list[str], Counter[str]]:
-    """Mismatches between ``stats`` and the ledger, and figures of the check."""
-    problems: list[str] = []
-    figures: Counter[str] = Counter()
-    totals = merge(results, "totals")
-    inside = merge(results, "inside")
-    maybe = merge(results, "maybe")
-    uncertain: Counter[tuple] = Counter()
-    for result in results:
-        uncertain.update(result["uncertain_sessions"])
-
-    # The whole run, per (customer, content): exact.
-    found: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for (_, customer, content), values in rows.items():
-        row = found[(customer, content)]
-        for i, v in enumerate(values):
-            row[i] += v
-    for pair in sorted(set(totals) | set(found)):
-        want, got = totals.get(pair, [0, 0, 0]), found.get(pair, [0, 0, 0])
-        sessions_ok = want[2] <= got[2] <= want[2] + uncertain[pair]
-        if want[:2] != got[:2] or not sessions_ok:
-            problems.append(
-                f"total {pair}: stats has cdn/p2p/sessions {got}, ledger {want}"
-                + (f" (+{uncertain[pair]} uncertain sessions)" if uncertain[pair] else "")
-            )
-        figures["pairs"] += 1
-
-    # Per window: exact without boundary payloads, bounded with them.
-    for key in sorted(set(inside) | set(maybe) | set(rows)):
-        low = inside.get(key, [0, 0, 0])
-        high = [a + b for a, b in zip(low, maybe.get(key, [0, 0, 0]), strict=True)]
-        got = list(rows.get(key, (0, 0, 0)))
-        if key in maybe:
-            figures["windows_bounded"] += 1
-            ok = all(lo <= g <= hi for lo, g, hi in zip(low, got, high, strict=True))
-        else:
-            figures["windows_exact"] += 1
-            ok = got == low
-        if not ok:
-            problems.append(
-                f"window {key}: stats has cdn/p2p/sessions {got}, ledger "
-                + (f"between {low} and {high}" if key in maybe else f"{low}")
-            )
-    return problems, figures
+def compare(results: list[dict[str, Any]], rows: dict[Key, Row]) -> tuple[list[str], Bounds]:
+    """Mismatches between ``stats`` and the model's bounds, and the bounds."""
+    bounds = Bounds.sum(result["bounds"] for result in results)
+    return bounds.check(rows), bounds
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -737,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"the final flush failed: {done.stderr.strip()}")
 
         rows = service.stats()
-        problems, figures = compare(results, rows)
+        problems, bounds = compare(results, rows)
         counts: Counter[str] = Counter()
         for result in results:
             counts.update(result["counts"])
@@ -783,9 +636,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"rows: {len(rows)} in {len({k[0] for k in rows})} windows; "
-            f"{figures['windows_exact']} (window, customer, content) checked exactly, "
-            f"{figures['windows_bounded']} within bounds; {figures['pairs']} "
-            f"(customer, content) totals checked exactly"
+            f"{bounds.exact()} (window, customer, content) checked exactly, "
+            f"{len(bounds.rows) - bounds.exact()} within bounds; {len(bounds.totals)} "
+            f"(customer, content) totals checked"
         )
         print(f"mismatches: {mismatches}", flush=True)
         ok = mismatches == 0

@@ -6,6 +6,11 @@ otherwise an embedded Redis and PostgreSQL (the ``embedded`` extra) started
 once for the whole run. Each test gets its own Redis key prefix and its own
 PostgreSQL schema, both removed afterwards, so tests never see each other's
 data and never touch anything else on the servers.
+
+``config`` has 4 shards; a test whose outcome depends on the count runs with
+1 and 4 (``shard_counts``). What tests share beyond fixtures -- the reference
+model of the rules, process helpers, readers of Redis and PostgreSQL -- is in
+``tests/support``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import psycopg2
 import pytest
@@ -25,6 +29,7 @@ from payload_stats.ops.embedded import EmbeddedServers
 from payload_stats.postgres.migrations import migrate
 from payload_stats.postgres.pool import connection, database_pool
 from payload_stats.web.app import create_app
+from tests.support.servers import with_search_path
 
 # A fixed, realistic instant: 2026-11-26T10:00:00Z plus 1 s, in window
 # 5_985_624 of 300 s. Tests move it explicitly; nothing depends on real time.
@@ -104,11 +109,6 @@ def _batches(items, size):
         yield batch
 
 
-def with_search_path(url: str, schema: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
 @pytest.fixture
 def pg_schema(database_url: str) -> Iterator[str]:
     """A fresh PostgreSQL schema; yields DATABASE_URL pointing into it."""
@@ -125,9 +125,16 @@ def pg_schema(database_url: str) -> Iterator[str]:
         conn.close()
 
 
-@pytest.fixture(params=[1, 4], ids=["1shard", "4shards"])
+@pytest.fixture
 def shards(request) -> int:
-    return request.param
+    """STATS_SHARDS of ``config``: 4, unless a test asks for other counts with
+    ``shard_counts`` (or its own ``@pytest.mark.parametrize("shards", ...)``)."""
+    return getattr(request, "param", 4)
+
+
+# For the tests whose outcome depends on the number of shards: sums across
+# shards, batches spanning shards, the flusher walking shards, concurrency.
+shard_counts = pytest.mark.parametrize("shards", [1, 4], ids=["1shard", "4shards"], indirect=True)
 
 
 @pytest.fixture

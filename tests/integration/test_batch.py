@@ -1,16 +1,11 @@
-"""POST /stats/batch, compressed bodies and retry de-duplication, end to end.
+"""POST /stats/batch, compressed bodies and retries end to end (docs/retries.md).
 
-Everything goes through the Flask test client into a REAL Redis, with the
-FakeClock as the service's clock; windows are flushed into a REAL PostgreSQL
-with ``flush_once`` and the ``stats`` table is compared exactly
-(``stats_rows``). A rejected request must leave the test's Redis keyspace
-exactly as it was: every key under the test's prefix is read according to
-its TYPE (and its TTL) before and after.
-
-Retries: a payload with the token and sessionDuration of a payload already
-counted within the de-duplication horizon (``STATS_DEDUP_SECONDS``, default
-two windows, rounded up to whole windows) is answered as a duplicate and
-counts nothing: no bytes, no session, no payload.
+Everything goes through the Flask test client into a real Redis, with the
+FakeClock as the service's clock; windows are flushed into a real PostgreSQL
+with ``flush_once``. Every accepted request's answer, and every ``stats``
+row, is compared exactly with the reference model (``tests/support/model.py``).
+A refused request must leave the test's Redis keyspace exactly as it was
+(DUMP and TTL of every key under the test's prefix, before and after).
 """
 
 from __future__ import annotations
@@ -28,15 +23,15 @@ from payload_stats.buffer.keys import Keys, shard_of
 from payload_stats.flush.flusher import flush_once
 from payload_stats.web.app import create_app
 from payload_stats.windows import window_index
-from tests.conftest import START, payload, stats_rows
+from tests.conftest import START, payload, shard_counts
+from tests.support.http import assert_error, ok
+from tests.support.model import Model, Row
+from tests.support.store import assert_unchanged, keyspace, stats_table
 
 L = 300  # the fixtures' window length
 GRACE = 5  # the fixtures' flush grace
 K = window_index(START, L)
 END = (K + 1) * L  # the time of START's window in PostgreSQL
-
-OK_1 = {"accepted": 1, "duplicates": 0}
-DUP_1 = {"accepted": 0, "duplicates": 1}
 
 
 # --- helpers -----------------------------------------------------------------
@@ -50,104 +45,44 @@ def as_ndjson(items: list[Any]) -> bytes:
     return b"".join(json.dumps(item).encode("utf-8") + b"\n" for item in items)
 
 
-def post_batch(client, data: bytes, content_type: str = "application/json", encoding=None):
+def post(client, path: str, data: bytes, content_type="application/json", encoding=None):
     headers = {"Content-Encoding": encoding} if encoding is not None else {}
-    return client.post("/stats/batch", data=data, content_type=content_type, headers=headers)
+    return client.post(path, data=data, content_type=content_type, headers=headers)
 
 
-def post_one(client, data: bytes, encoding=None):
-    headers = {"Content-Encoding": encoding} if encoding is not None else {}
-    return client.post("/stats", data=data, content_type="application/json", headers=headers)
+def post_batch(client, data: bytes, content_type="application/json", encoding=None):
+    return post(client, "/stats/batch", data, content_type, encoding)
 
 
-def post(client, path: str, data: bytes, encoding=None):
-    if path == "/stats":
-        return post_one(client, data, encoding)
-    return post_batch(client, data, encoding=encoding)
+@pytest.fixture
+def model(config) -> Model:
+    return Model.of(config)
 
 
-def ok(resp) -> dict[str, int]:
-    assert resp.status_code == 200, resp.get_data()[:500]
-    assert resp.mimetype == "application/json"
-    return resp.get_json()
+@pytest.fixture
+def send(client, clock, model):
+    """send(items, data=None, ...): POST a batch (``data``: the body as sent, default
+    a JSON array of ``items``); the answer must be the model's for ``items``."""
 
+    def send(
+        items: list[dict[str, Any]],
+        data: bytes | None = None,
+        content_type: str = "application/json",
+        encoding: str | None = None,
+        path: str = "/stats/batch",
+    ) -> dict[str, int]:
+        if data is None:
+            data = as_json(items[0] if path == "/stats" else items)
+        answer = ok(post(client, path, data, content_type, encoding))
+        assert answer == model.receive_all(clock.now, items).body(), items
+        return answer
 
-def assert_error(resp, status: int, code: str | None = None) -> dict[str, Any]:
-    """The JSON error body ``{"error": code, "message": text, ...}`` of ``resp``."""
-    assert resp.status_code == status, resp.get_data()[:500]
-    assert resp.mimetype == "application/json", resp.get_data()[:300]
-    body = json.loads(resp.get_data())
-    assert isinstance(body, dict), body
-    assert isinstance(body.get("message"), str) and body["message"], body
-    assert isinstance(body.get("error"), str) and body["error"], body
-    if code is not None:
-        assert body["error"] == code, body
-    return body
-
-
-def keyspace(redis, prefix: str) -> dict[bytes, tuple[bytes, Any, int]]:
-    """{key: (type, value, PTTL)} of every key under the test's prefix."""
-    found = {}
-    for key in sorted(set(redis.scan_iter(match=f"{prefix}:*", count=1000))):
-        kind = redis.type(key)
-        if kind == b"hash":
-            value: Any = redis.hgetall(key)
-        elif kind == b"set":
-            value = redis.smembers(key)
-        elif kind == b"zset":
-            value = redis.zrange(key, 0, -1, withscores=True)
-        elif kind == b"list":
-            value = redis.lrange(key, 0, -1)
-        elif kind == b"string":
-            value = redis.get(key)
-        else:
-            raise AssertionError(f"unexpected key type {kind!r} of {key!r}")
-        found[key] = (kind, value, redis.pttl(key))
-    return found
-
-
-def assert_unchanged(redis, prefix: str, before: dict) -> None:
-    after = keyspace(redis, prefix)
-    assert sorted(after) == sorted(before), "the request created or deleted keys"
-    for key, (kind, value, pttl) in after.items():
-        old_kind, old_value, old_pttl = before[key]
-        assert (kind, value) == (old_kind, old_value), f"the request changed {key!r}"
-        # No write may refresh a TTL (a persistent key stays persistent).
-        if old_pttl < 0:
-            assert pttl == old_pttl, f"the request set a TTL on {key!r}"
-        else:
-            assert 0 <= pttl <= old_pttl, f"the request refreshed the TTL of {key!r}"
+    return send
 
 
 def flush_until(redis, pool, config, end: int) -> None:
     """Flush every window ending at or before ``end`` (the app's clock is left alone)."""
     flush_once(redis, pool, config, lambda: end + GRACE)
-
-
-class Model:
-    """The expected ``stats`` rows (SPEC sections 3 and 4) of payloads that all count."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[int, str, str], list[int]] = {}
-        # (customer, content, token) -> "seen" | "started" (docs/sessions.md)
-        self.tokens: dict[tuple[str, str, str], str] = {}
-
-    def add(self, p: dict[str, Any], now: float) -> None:
-        end = (window_index(now, L) + 1) * L
-        row = self.rows.setdefault((end, p["customer"], p["content"]), [0, 0, 0])
-        row[0] += p["cdn"]
-        row[1] += p["p2p"]
-        session = (p["customer"], p["content"], p["token"])
-        state = self.tokens.get(session)
-        zero = p["cdn"] + p["p2p"] == 0
-        if p["sessionDuration"] < L * 1000 and state != "started" and (state is None or zero):
-            row[2] += 1
-            self.tokens[session] = "started"
-        else:
-            self.tokens.setdefault(session, "seen")
-
-    def expected(self) -> dict[tuple[int, str, str], tuple[int, int, int]]:
-        return {key: tuple(row) for key, row in self.rows.items()}  # type: ignore[misc]
 
 
 def varied(i: int, prefix: str = "t") -> dict[str, Any]:
@@ -163,78 +98,58 @@ def varied(i: int, prefix: str = "t") -> dict[str, Any]:
 
 
 @pytest.fixture
-def seeded(client, redis, key_prefix):
+def seeded(send, redis, key_prefix):
     """Some accepted payloads first, so "changes nothing" is checked against live state.
 
     The seed uses the tokens, customer and content of the bad requests below,
-    so a partial write of a rejected request would land on existing keys.
+    so a partial write of a refused request would land on existing keys.
     """
-    resp = post_batch(client, as_json([payload(token=f"b{i}") for i in range(9)]))
-    assert ok(resp) == {"accepted": 9, "duplicates": 0}
+    assert send([payload(token=f"b{i}") for i in range(9)]) == {"accepted": 9, "duplicates": 0}
     before = keyspace(redis, key_prefix)
     assert before, "the seed wrote nothing"
     return before
 
 
-SEED_ROW = (9 * 250, 9 * 100, 9)  # (cdn, p2p, sessions) of ``seeded``
+# --- JSON and NDJSON batches ------------------------------------------------------
 
 
-# --- JSON array batches ----------------------------------------------------------
-
-
-def test_json_array_batch_is_counted_exactly_with_single_posts(client, redis, pool, config, clock):
-    model = Model()
-    first = [varied(i) for i in range(40)]
-    assert ok(post_batch(client, as_json(first))) == {"accepted": 40, "duplicates": 0}
-    for p in first:
-        model.add(p, clock.now)
-
+def test_batches_and_single_posts_add_up_exactly(send, redis, pool, config, clock, model):
+    send([varied(i) for i in range(40)])
     clock.advance(30)
     for i in range(40, 50):  # single payloads between the batches
-        assert ok(post_one(client, as_json(varied(i)))) == OK_1
-        model.add(varied(i), clock.now)
+        send([varied(i)], path="/stats")
     later = [
         payload(token=f"t{i}", customer="c0", content="m0", cdn=i, p2p=0, sessionDuration=31000 + i)
         for i in range(5)
     ]  # seen tokens: no session
-    second = [varied(i) for i in range(50, 60)] + later
-    assert ok(post_batch(client, as_json(second))) == {"accepted": 15, "duplicates": 0}
-    for p in second:
-        model.add(p, clock.now)
-
+    send([varied(i) for i in range(50, 60)] + later)
     clock.advance(L)  # the next window
-    third = [varied(i, prefix="n") for i in range(7)]
-    assert ok(post_batch(client, as_json(third))) == {"accepted": 7, "duplicates": 0}
-    assert ok(post_one(client, as_json(payload(token="solo", cdn=3, p2p=4)))) == OK_1
-    for p in [*third, payload(token="solo", cdn=3, p2p=4)]:
-        model.add(p, clock.now)
+    send([varied(i, prefix="n") for i in range(7)])
+    send([payload(token="solo", cdn=3, p2p=4)], path="/stats")
 
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {k: v for k, v in model.expected().items() if k[0] == END}
+    assert stats_table(pool) == model.rows(until_end=END)
     flush_until(redis, pool, config, END + L)
-    assert stats_rows(pool) == model.expected()
-    assert {k[0] for k in model.expected()} == {END, END + L}
-    # 48 new tokens, t0's zero-byte payload, 5 new tokens, "solo": the model is right
-    assert sum(v[2] for v in model.expected().values()) == 48 + 1 + 5 + 1
+    assert stats_table(pool) == model.rows()
+    assert model.ends() == [END, END + L]
 
 
-def test_a_batch_of_1000_is_accepted(client, redis, pool, config):
-    items = [payload(token=f"t{i}", cdn=i, p2p=1) for i in range(1000)]
-
-    assert ok(post_batch(client, as_json(items))) == {"accepted": 1000, "duplicates": 0}
+def test_a_batch_of_1000_is_accepted(send, redis, pool, config, model):
+    send([payload(token=f"t{i}", cdn=i, p2p=1) for i in range(1000)])
 
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (499500, 1000, 1000)}
-
-
-# --- NDJSON ---------------------------------------------------------------------
+    assert (
+        stats_table(pool)
+        == model.rows()
+        == {(END, "acme", "movie-1"): Row(499500, 1000, 1000, 1000)}
+    )
 
 
 @pytest.mark.parametrize(
     "content_type",
     ["application/x-ndjson", "application/x-ndjson; charset=utf-8", "application/ndjson"],
 )
-def test_ndjson_batch_skips_blank_lines(client, redis, pool, config, content_type):
+def test_ndjson_batch_skips_blank_lines(send, redis, pool, config, model, content_type):
     items = [varied(i) for i in range(6)]
     lines = [json.dumps(p).encode() for p in items]
     body = (
@@ -254,13 +169,10 @@ def test_ndjson_batch_skips_blank_lines(client, redis, pool, config, content_typ
         + lines[5]  # no final newline
     )
 
-    assert ok(post_batch(client, body, content_type)) == {"accepted": 6, "duplicates": 0}
+    send(items, body, content_type)
 
-    model = Model()
-    for p in items:
-        model.add(p, START)
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == model.expected()
+    assert stats_table(pool) == model.rows()
 
 
 @pytest.mark.parametrize(
@@ -289,29 +201,18 @@ def test_ndjson_bad_line_is_named_and_changes_nothing(
     assert_unchanged(redis, key_prefix, seeded)
 
 
-def test_ndjson_invalid_payload_names_its_index(client, redis, key_prefix, seeded):
-    items = [payload(token="b0", sessionDuration=5000), payload(token="b1", cdn=-1)]
-
-    resp = post_batch(client, as_ndjson(items), "application/x-ndjson")
-
-    err = assert_error(resp, 400, "invalid_payload")
-    assert set(err["errors"]) == {"1"}
-    assert set(err["errors"]["1"]) == {"cdn"}
-    assert_unchanged(redis, key_prefix, seeded)
-
-
-# --- all or nothing -----------------------------------------------------------------
+# --- all or nothing ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("index", [0, 4, 8], ids=["first", "middle", "last"])
-def test_one_invalid_item_rejects_the_whole_batch(
-    client, redis, pool, config, key_prefix, seeded, index
+def test_one_invalid_item_refuses_the_whole_batch(
+    client, send, redis, pool, config, key_prefix, model, seeded, index
 ):
     # The seed's tokens with new durations: each would count if written.
     items = [payload(token=f"b{i}", cdn=1000 + i, sessionDuration=31000) for i in range(9)]
-    items[index] = {**items[index], "p2p": -1}
+    bad = [*items[:index], {**items[index], "p2p": -1}, *items[index + 1 :]]
 
-    resp = post_batch(client, as_json(items))
+    resp = post_batch(client, as_json(bad))
 
     err = assert_error(resp, 400, "invalid_payload")
     assert set(err) == {"error", "message", "errors"}
@@ -321,52 +222,33 @@ def test_one_invalid_item_rejects_the_whole_batch(
     assert_unchanged(redis, key_prefix, seeded)
 
     # Nothing was remembered either: the valid rest is no duplicate afterwards.
-    rest = items[:index] + items[index + 1 :]
-    assert ok(post_batch(client, as_json(rest))) == {"accepted": 8, "duplicates": 0}
+    assert send(items[:index] + items[index + 1 :]) == {"accepted": 8, "duplicates": 0}
     flush_until(redis, pool, config, END)
-    cdn = 9 * 250 + sum(p["cdn"] for p in rest)
-    p2p = 9 * 100 + sum(p["p2p"] for p in rest)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (cdn, p2p, 9)}
-
-
-def test_every_invalid_item_is_named(client, redis, key_prefix, seeded):
-    missing = payload(token="b2", sessionDuration=31000)
-    del missing["token"]
-    items = [
-        payload(token="b0", sessionDuration=31000),
-        5,
-        payload(token="b1", cdn=True, sessionDuration=31000),
-        missing,
-        payload(token="b3", customer="a\u2028b", timespan=1.5, sessionDuration=31000),
-        payload(token="b4", sessionDuration=31000),
-    ]
-
-    err = assert_error(post_batch(client, as_json(items)), 400, "invalid_payload")
-
-    assert sorted(err["errors"], key=int) == ["1", "2", "3", "4"]
-    assert list(err["errors"]["1"]) == ["_schema"]
-    assert list(err["errors"]["2"]) == ["cdn"]
-    assert list(err["errors"]["3"]) == ["token"]
-    assert sorted(err["errors"]["4"]) == ["customer", "timespan"]
-    assert_unchanged(redis, key_prefix, seeded)
+    assert stats_table(pool) == model.rows()
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
-def test_values_only_the_fallback_parser_reads_are_named(
+def test_every_invalid_item_is_named_even_those_only_the_fallback_parser_reads(
     client, redis, key_prefix, seeded, content_type
 ):
     # orjson refuses integers past 64 bits and lone surrogate escapes; the
     # standard parser reads them, and the schema names the field.
+    missing = payload(token="b2", sessionDuration=31000)
+    del missing["token"]
     items = [
         as_json(payload(token="b0", sessionDuration=31000)),
-        as_json(payload(token="b1", cdn=2**64, sessionDuration=31000)),
-        as_json(payload(token="b2", sessionDuration=31000)).replace(
+        b"5",
+        as_json(payload(token="b1", cdn=True, sessionDuration=31000)),
+        as_json(missing),
+        as_json(payload(token="b3", customer="a\u2028b", timespan=1.5, sessionDuration=31000)),
+        as_json(payload(token="b4", cdn=2**64, sessionDuration=31000)),
+        as_json(payload(token="b5", sessionDuration=31000)).replace(
             b'"p2p": 100', b'"p2p": 1' + b"0" * 5000
         ),
-        as_json(payload(token="b3", content="a\ud800", sessionDuration=31000)),
-        as_json(payload(token="b4", sessionDuration=31000, extra=-(2**70))),  # ignored
+        as_json(payload(token="b6", content="a\ud800", sessionDuration=31000)),
+        as_json(payload(token="b7", sessionDuration=31000, extra=-(2**70))),  # ignored
     ]
-    assert b"\\ud800" in items[3] and len(items[2]) > 5000
+    assert b"\\ud800" in items[7] and len(items[6]) > 5000
     if content_type == "application/json":
         body = b"[" + b",".join(items) + b"]"
     else:
@@ -374,26 +256,53 @@ def test_values_only_the_fallback_parser_reads_are_named(
 
     err = assert_error(post_batch(client, body, content_type), 400, "invalid_payload")
 
-    assert err["errors"].keys() == {"1", "2", "3"}
-    assert list(err["errors"]["1"]) == ["cdn"]
-    assert list(err["errors"]["2"]) == ["p2p"]
-    assert list(err["errors"]["3"]) == ["content"]
+    assert {n: sorted(e) for n, e in err["errors"].items()} == {
+        "1": ["_schema"],
+        "2": ["cdn"],
+        "3": ["token"],
+        "4": ["customer", "timespan"],
+        "5": ["cdn"],
+        "6": ["p2p"],
+        "7": ["content"],
+    }
+    assert "7 of 9 payloads are invalid (items 1, 2, 3, 4, 5, 6, 7)" in err["message"]
     assert_unchanged(redis, key_prefix, seeded)
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "content_type", "code"),
     [
-        b"[]",
-        b" [ ] ",
-        b"{}",
-        as_json(payload()),  # one payload, not in an array
-        b'"payloads"',
-        b"null",
-        b"1",
-        b"true",
-        as_json([payload(token=f"x{i}") for i in range(1001)]),
-        as_json({"items": [payload()]}),
+        (b"[]", "application/json", "invalid_batch"),
+        (b" [ ] ", "application/json", "invalid_batch"),
+        (b"{}", "application/json", "invalid_batch"),
+        (as_json(payload()), "application/json", "invalid_batch"),  # one payload, not in an array
+        (b'"payloads"', "application/json", "invalid_batch"),
+        (b"null", "application/json", "invalid_batch"),
+        (b"1", "application/json", "invalid_batch"),
+        (b"true", "application/json", "invalid_batch"),
+        (
+            as_json([payload(token=f"x{i}") for i in range(1001)]),
+            "application/json",
+            "invalid_batch",
+        ),
+        (as_json({"items": [payload()]}), "application/json", "invalid_batch"),
+        (b"\n\n  \n", "application/x-ndjson", "invalid_batch"),
+        (
+            as_ndjson([payload(token=f"x{i}") for i in range(1001)]),
+            "application/x-ndjson",
+            "invalid_batch",
+        ),
+        # Past 1000 lines the count is refused before any line is parsed.
+        (
+            as_ndjson([payload(token=f"x{i}") for i in range(1000)]) + b"{not even json}\n",
+            "application/x-ndjson",
+            "invalid_batch",
+        ),
+        (b"", "application/json", "invalid_json"),
+        (b"[", "application/json", "invalid_json"),
+        (b"[{}", "application/json", "invalid_json"),
+        (b"[1,]", "application/json", "invalid_json"),
+        (b"\xff[]", "application/json", "invalid_json"),
     ],
     ids=[
         "empty",
@@ -406,77 +315,54 @@ def test_values_only_the_fallback_parser_reads_are_named(
         "true",
         "1001-items",
         "wrapped",
+        "ndjson-blank-lines-only",
+        "ndjson-1001-lines",
+        "ndjson-1000-lines-and-a-bad-one",
+        "no-body",
+        "open",
+        "unclosed",
+        "trailing-comma",
+        "not-utf8",
     ],
 )
-def test_malformed_batch_gets_invalid_batch(client, redis, key_prefix, seeded, body):
-    assert_error(post_batch(client, body), 400, "invalid_batch")
-    assert_unchanged(redis, key_prefix, seeded)
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"\n\n  \n",
-        as_ndjson([payload(token=f"x{i}") for i in range(1001)]),
-        as_ndjson([payload(token=f"x{i}") for i in range(1000)]) + b"{not even json}\n",
-    ],
-    ids=["blank-lines-only", "1001-lines", "1000-lines-and-a-bad-one"],
-)
-def test_malformed_ndjson_batch_gets_invalid_batch(client, redis, key_prefix, seeded, body):
-    assert_error(post_batch(client, body, "application/x-ndjson"), 400, "invalid_batch")
-    assert_unchanged(redis, key_prefix, seeded)
-
-
-@pytest.mark.parametrize("body", [b"", b"[", b"[{}", b"[1,]", b"\xff[]"])
-def test_unparsable_batch_gets_invalid_json(client, redis, key_prefix, seeded, body):
-    assert_error(post_batch(client, body), 400, "invalid_json")
+def test_a_malformed_batch_is_refused(client, redis, key_prefix, seeded, body, content_type, code):
+    assert_error(post_batch(client, body, content_type), 400, code)
     assert_unchanged(redis, key_prefix, seeded)
 
 
 # --- compressed bodies --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", " gzip "])
-def test_gzip_single_payload_is_accepted(client, redis, pool, config, encoding):
-    body = gzip.compress(as_json(payload(cdn=12345, p2p=678)))
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", " gzip ", "identity"])
+def test_a_gzip_single_payload_is_accepted(send, redis, pool, config, model, encoding):
+    p = payload(cdn=12345, p2p=678)
+    data = as_json(p) if encoding == "identity" else gzip.compress(as_json(p))
 
-    assert ok(post_one(client, body, encoding)) == OK_1
+    send([p], data, encoding=encoding, path="/stats")
 
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (12345, 678, 1)}
+    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(12345, 678, 1, 1)}
 
 
-def test_gzip_batches_are_accepted(client, redis, pool, config):
-    model = Model()
+def test_gzip_batches_are_accepted(send, redis, pool, config, model):
     items = [varied(i) for i in range(30)]
     json_part, ndjson_part, multi_part = items[:10], items[10:20], items[20:]
 
-    assert ok(post_batch(client, gzip.compress(as_json(json_part)), encoding="gzip")) == {
-        "accepted": 10,
-        "duplicates": 0,
-    }
-    resp = post_batch(
-        client, gzip.compress(as_ndjson(ndjson_part)), "application/x-ndjson", encoding="gzip"
-    )
-    assert ok(resp) == {"accepted": 10, "duplicates": 0}
+    send(json_part, gzip.compress(as_json(json_part)), encoding="gzip")
+    send(ndjson_part, gzip.compress(as_ndjson(ndjson_part)), "application/x-ndjson", "gzip")
     # Several gzip members, one after the other, are one body (RFC 1952).
     text = as_ndjson(multi_part)
     members = gzip.compress(text[:100]) + gzip.compress(text[100:500]) + gzip.compress(text[500:])
-    resp = post_batch(client, members, "application/x-ndjson", encoding="gzip")
-    assert ok(resp) == {"accepted": 10, "duplicates": 0}
-    # identity is no encoding at all
-    assert ok(post_one(client, as_json(varied(99)), "identity")) == OK_1
+    send(multi_part, members, "application/x-ndjson", "gzip")
 
-    for p in [*items, varied(99)]:
-        model.add(p, START)
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == model.expected()
+    assert stats_table(pool) == model.rows()
 
 
 GOOD_GZIP = gzip.compress(as_json([payload(token="b0", sessionDuration=31000)]))
+PATHS = ("/stats", "/stats/batch")
 
 
-@pytest.mark.parametrize("path", ["/stats", "/stats/batch"])
 @pytest.mark.parametrize(
     "body",
     [
@@ -502,16 +388,18 @@ GOOD_GZIP = gzip.compress(as_json([payload(token="b0", sessionDuration=31000)]))
         "trailing-garbage",
     ],
 )
-def test_bad_gzip_gets_400_invalid_gzip(client, redis, key_prefix, seeded, path, body):
-    assert_error(post(client, path, body, "gzip"), 400, "invalid_gzip")
+def test_bad_gzip_gets_400_invalid_gzip(client, redis, key_prefix, seeded, body):
+    for path in PATHS:
+        assert_error(post(client, path, body, encoding="gzip"), 400, "invalid_gzip")
     assert_unchanged(redis, key_prefix, seeded)
 
 
-@pytest.mark.parametrize("path", ["/stats", "/stats/batch"])
 @pytest.mark.parametrize("encoding", ["br", "deflate", "compress", "zstd", "gzip, br", "bogus"])
-def test_unknown_content_encoding_gets_415(client, redis, key_prefix, seeded, path, encoding):
-    err = assert_error(post(client, path, GOOD_GZIP, encoding), 415, "unsupported_encoding")
-    assert encoding.strip().lower() in err["message"]
+def test_unknown_content_encoding_gets_415(client, redis, key_prefix, seeded, encoding):
+    for path in PATHS:
+        err = assert_error(post(client, path, GOOD_GZIP, encoding=encoding), 415)
+        assert err["error"] == "unsupported_encoding"
+        assert encoding.strip().lower() in err["message"]
     assert_unchanged(redis, key_prefix, seeded)
 
 
@@ -526,18 +414,17 @@ def _multi_member_bomb(limit: int) -> bytes:
     return gzip.compress(b"[", 9) + member + member + gzip.compress(b"]", 9)
 
 
-@pytest.mark.parametrize("path", ["/stats", "/stats/batch"])
 @pytest.mark.parametrize("make", [_bomb, _multi_member_bomb], ids=["one-member", "members"])
-def test_gzip_bomb_gets_413_quickly(client, redis, config, key_prefix, seeded, path, make):
+def test_gzip_bomb_gets_413_quickly(client, redis, config, key_prefix, seeded, make):
     body = make(config.max_body_bytes)
     assert len(body) < 16 * 1024, len(body)  # a few KB on the wire
 
-    started = time.monotonic()
-    resp = post(client, path, body, "gzip")
-    elapsed = time.monotonic() - started
-
-    assert_error(resp, 413)
-    assert elapsed < 1.0, elapsed
+    for path in PATHS:
+        started = time.monotonic()
+        resp = post(client, path, body, encoding="gzip")
+        elapsed = time.monotonic() - started
+        assert_error(resp, 413, "request_entity_too_large")
+        assert elapsed < 1.0, elapsed
     assert_unchanged(redis, key_prefix, seeded)
 
 
@@ -548,8 +435,8 @@ def _padded(size: int, items: list[dict[str, Any]]) -> bytes:
     return text[:-1] + b" " * (size - len(text)) + b"]"
 
 
-def test_decompressed_body_at_the_limit_is_accepted_one_byte_more_is_not(
-    client, redis, pool, config, key_prefix
+def test_a_decompressed_body_at_the_limit_is_accepted_one_byte_more_is_not(
+    client, send, redis, pool, config, key_prefix, model
 ):
     limit = config.max_body_bytes
     items = [payload(token="edge", cdn=1, p2p=2)]
@@ -559,214 +446,93 @@ def test_decompressed_body_at_the_limit_is_accepted_one_byte_more_is_not(
     assert_error(resp, 413)
     assert_unchanged(redis, key_prefix, before)
 
-    resp = post_batch(client, gzip.compress(_padded(limit, items)), encoding="gzip")
-    assert ok(resp) == OK_1
+    send(items, gzip.compress(_padded(limit, items)), encoding="gzip")
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (1, 2, 1)}
+    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(1, 2, 1, 1)}
 
 
-@pytest.mark.parametrize("path", ["/stats", "/stats/batch"])
-def test_plain_body_over_the_limit_gets_413(client, redis, config, key_prefix, seeded, path):
-    body = _padded(config.max_body_bytes + 1, [payload(token="b0", sessionDuration=31000)])
-
-    assert_error(post(client, path, body), 413)
-    assert_unchanged(redis, key_prefix, seeded)
-
-
-def test_gzip_of_a_body_over_the_limit_gets_413_even_when_small(
+def test_a_body_over_the_limit_gets_413_plain_or_gzip_however_small(
     client, redis, config, key_prefix, seeded
 ):
+    plain = _padded(config.max_body_bytes + 1, [payload(token="b0", sessionDuration=31000)])
+    for path in PATHS:
+        assert_error(post(client, path, plain), 413)
     big = as_json([payload(token=f"b{i % 9}", sessionDuration=31000 + i) for i in range(1000)])
-    big = big[:-1] + b" " * config.max_body_bytes + b"]"
-    body = gzip.compress(big)
-    assert len(body) < config.max_body_bytes
-
-    assert_error(post_batch(client, body, encoding="gzip"), 413)
+    small = gzip.compress(big[:-1] + b" " * config.max_body_bytes + b"]")
+    assert len(small) < config.max_body_bytes
+    assert_error(post_batch(client, small, encoding="gzip"), 413)
     assert_unchanged(redis, key_prefix, seeded)
 
 
-# --- retries: duplicates ------------------------------------------------------------
+# --- retries: duplicates (docs/retries.md) ------------------------------------------
 
 
-def test_a_payload_twice_in_one_batch_counts_once(client, redis, pool, config):
-    p = payload(token="t", cdn=7, p2p=3)
-
-    assert ok(post_batch(client, as_json([p, p]))) == {"accepted": 1, "duplicates": 1}
-
-    flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (7, 3, 1)}
-
-
-def test_duplicates_across_batches_and_single_posts_count_nothing(
-    client, redis, pool, config, clock
+def test_a_retry_counts_nothing_in_a_batch_across_batches_and_single_posts(
+    send, redis, pool, config, clock, model
 ):
     p1 = payload(token="a", cdn=1, p2p=10, sessionDuration=1000)
     p2 = payload(token="a", cdn=2, p2p=20, sessionDuration=31000)
     p3 = payload(token="b", cdn=4, p2p=40, sessionDuration=1000, content="other")
+    zero = payload(token="z", cdn=0, p2p=0)  # zero bytes: could start a session again
 
-    assert ok(post_batch(client, as_json([p1, p2]))) == {"accepted": 2, "duplicates": 0}
+    assert send([p1, p2, p1]) == {"accepted": 2, "duplicates": 1}
     clock.advance(1)
-    assert ok(post_batch(client, as_json([p2, p3, p1]))) == {"accepted": 1, "duplicates": 2}
+    assert send([p2, p3, p1]) == {"accepted": 1, "duplicates": 2}
     clock.advance(1)
-    assert ok(post_one(client, as_json(p3))) == DUP_1
-    assert ok(post_one(client, as_json(p1))) == DUP_1
-    # A retry is recognised by token and sessionDuration, whatever else it says.
-    assert ok(post_one(client, as_json({**p1, "cdn": 999, "customer": "x"}))) == DUP_1
-    assert ok(post_batch(client, as_json([p3, p3, p2]))) == {"accepted": 0, "duplicates": 3}
+    assert send([p3], path="/stats") == {"accepted": 0, "duplicates": 1}
+    # Only the retry identity is compared: other bytes do not make it a new payload.
+    assert send([{**p1, "cdn": 999}], path="/stats")["duplicates"] == 1
+    send([{**p1, "customer": "x"}], path="/stats")  # the model's retry_identity decides
+    assert send([p3, p3, p2]) == {"accepted": 0, "duplicates": 3}
+    for _ in range(3):
+        send([zero], path="/stats")
+    assert send([zero]) == {"accepted": 0, "duplicates": 1}
 
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {
-        (END, "acme", "movie-1"): (3, 30, 1),
-        (END, "acme", "other"): (4, 40, 1),
-    }
+    assert stats_table(pool) == model.rows()
+    assert model.rows()[(END, "acme", "movie-1")] == Row(3, 30, 2, 3)  # p1, p2, zero
+    assert model.rows()[(END, "acme", "other")] == Row(4, 40, 1, 1)  # p3
 
 
-def test_single_post_retry_is_a_duplicate(client, redis, pool, config):
-    p = payload(token="t", cdn=0, p2p=0)  # zero bytes: could start a session again
-
-    assert ok(post_one(client, as_json(p))) == OK_1
-    assert ok(post_one(client, as_json(p))) == DUP_1
-    assert ok(post_one(client, as_json(p))) == DUP_1
-    assert ok(post_batch(client, as_json([p]))) == DUP_1
-
-    flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (0, 0, 1)}
-
-
-def test_a_duplicate_of_a_flushed_payload_in_the_next_window_counts_nothing(
-    client, redis, pool, config, clock
+def test_a_retry_of_a_payload_flushed_already_counts_nothing(
+    send, redis, pool, config, clock, model
 ):
     p = payload(token="t", cdn=7, p2p=3)
-    assert ok(post_one(client, as_json(p))) == OK_1
+    send([p], path="/stats")
     flush_until(redis, pool, config, END)
 
     clock.advance(L)  # window K + 1
 
-    assert ok(post_one(client, as_json(p))) == DUP_1
-    assert ok(post_batch(client, as_json([p, p]))) == {"accepted": 0, "duplicates": 2}
+    assert send([p], path="/stats") == {"accepted": 0, "duplicates": 1}
+    assert send([p, p]) == {"accepted": 0, "duplicates": 2}
     flush_until(redis, pool, config, END + L)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (7, 3, 1)}
+    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(7, 3, 1, 1)}
 
 
-def test_a_retry_after_the_horizon_counts_again(client, redis, pool, config, clock):
-    """The documented behaviour past the horizon: a "retry" counts again.
-
-    With the default horizon (two windows) a repeated token and
-    sessionDuration three windows later is outside it, and the token itself
-    has been silent for more than 2L, so token memory may have forgotten it
-    (SPEC section 4): the payload is counted again, bytes and session alike.
-    """
-    p = payload(token="t", cdn=7, p2p=3)
-    assert ok(post_one(client, as_json(p))) == OK_1
-
-    clock.advance(3 * L)
-
-    assert ok(post_one(client, as_json(p))) == OK_1
-    flush_until(redis, pool, config, END + 3 * L)
-    assert stats_rows(pool) == {
-        (END, "acme", "movie-1"): (7, 3, 1),
-        (END + 3 * L, "acme", "movie-1"): (7, 3, 1),
-    }
-
-
-def test_a_retry_after_the_horizon_counts_again_while_the_session_goes_on(
-    client, redis, pool, config, clock
+@pytest.mark.parametrize(("dedup_seconds", "counted"), [(None, 1), (L, 2), (0, 5)])
+def test_the_retry_horizon_is_STATS_DEDUP_SECONDS_in_whole_windows(
+    redis, pool, config, clock, dedup_seconds, counted
 ):
-    """Past the horizon a payload counts again, even if its token kept sending.
-
-    The default horizon is two windows: a payload of window K is a duplicate
-    of the one before it up to window K + 2, not in window K + 3. Here the
-    token keeps its memory alive with a payload every window, so its
-    duration record still lists window K's duration when the late copy
-    arrives in window K + 3; that old group is outside the horizon and must
-    not make the copy a duplicate. The session started in window K is not
-    started again (the token is remembered).
-    """
-    durations = [1000, L * 1000 + 1000, 2 * L * 1000 + 1000]
-    for w, duration in enumerate(durations):
-        clock.now = START + w * L
-        resp = post_one(client, as_json(payload(token="t", cdn=1, p2p=0, sessionDuration=duration)))
-        assert ok(resp) == OK_1
-
-    clock.now = START + 3 * L
-    late = payload(token="t", cdn=1000, p2p=0, sessionDuration=durations[0])
-
-    assert ok(post_one(client, as_json(late))) == OK_1
-    flush_until(redis, pool, config, END + 3 * L)
-    assert stats_rows(pool) == {
-        (END, "acme", "movie-1"): (1, 0, 1),
-        (END + L, "acme", "movie-1"): (1, 0, 0),
-        (END + 2 * L, "acme", "movie-1"): (1, 0, 0),
-        (END + 3 * L, "acme", "movie-1"): (1000, 0, 0),
-    }
-
-
-def test_with_a_one_window_horizon_a_retry_two_windows_later_counts(redis, pool, config, clock):
-    """STATS_DEDUP_SECONDS=300 is one window: a copy two windows later is no retry.
-
-    Window K's payload and its copy in window K + 2 are more than 300 s
-    apart, beyond the horizon, while token memory (2L) still holds the token:
-    the copy counts its bytes, and starts no second session.
-    """
-    one_window = replace(config, dedup_seconds=L)
-    assert one_window.dedup_windows == 1
-    client = create_app(one_window, clock=clock).test_client()
+    """A copy in the same window, the next one and the one after: duplicates
+    within the horizon (two windows by default, one with 300 s), counted when
+    it is off (0). A copy that counts starts no second session."""
+    cfg = replace(config, dedup_seconds=dedup_seconds)
+    client = create_app(cfg, clock=clock).test_client()
+    model = Model.of(cfg)
     p = payload(token="t", cdn=7, p2p=3)
-    assert ok(post_one(client, as_json(p))) == OK_1
-    clock.advance(L)
-    assert ok(post_one(client, as_json(p))) == DUP_1  # inside the horizon
+    for at, copies in ((START, 2), (START + L, 1), (START + 2 * L, 2)):
+        clock.now = at
+        answer = ok(post_batch(client, as_json([p] * copies)))
+        assert answer == model.receive_all(at, [p] * copies).body()
 
-    clock.advance(L)
-
-    assert ok(post_one(client, as_json(p))) == OK_1
-    flush_until(redis, pool, one_window, END + 2 * L)
-    assert stats_rows(pool) == {
-        (END, "acme", "movie-1"): (7, 3, 1),
-        (END + 2 * L, "acme", "movie-1"): (7, 3, 0),
-    }
+    flush_until(redis, pool, cfg, END + 2 * L)
+    assert stats_table(pool) == model.rows()
+    assert sum(row.payloads for row in model.rows().values()) == counted
+    assert sum(row.sessions for row in model.rows().values()) == 1
 
 
-def test_with_de_duplication_off_retries_count_every_time(redis, pool, config, clock):
-    off = replace(config, dedup_seconds=0)
-    assert off.dedup_windows == 0
-    client = create_app(off, clock=clock).test_client()
-    p = payload(token="t", cdn=7, p2p=3)
-
-    for _ in range(3):
-        assert ok(post_one(client, as_json(p))) == OK_1
-    assert ok(post_batch(client, as_json([p, p]))) == {"accepted": 2, "duplicates": 0}
-    clock.advance(L)
-    assert ok(post_one(client, as_json(p))) == OK_1
-
-    flush_until(redis, pool, off, END + L)
-    assert stats_rows(pool) == {
-        (END, "acme", "movie-1"): (35, 15, 1),  # one session: the token is remembered
-        (END + L, "acme", "movie-1"): (7, 3, 0),
-    }
-
-
-def test_another_duration_or_another_token_is_not_a_duplicate(client, redis, pool, config):
-    items = [
-        payload(token="t", cdn=1, p2p=0, sessionDuration=1000),
-        payload(token="t", cdn=2, p2p=0, sessionDuration=31000),
-        payload(token="u", cdn=4, p2p=0, sessionDuration=1000),
-        payload(token="t", cdn=8, p2p=0, sessionDuration=1000),  # the only duplicate
-        payload(token="t", cdn=16, p2p=0, sessionDuration=1001),
-    ]
-
-    assert ok(post_batch(client, as_json(items))) == {"accepted": 4, "duplicates": 1}
-    assert (
-        ok(post_one(client, as_json(payload(token="u", cdn=32, p2p=0, sessionDuration=999))))
-        == OK_1
-    )
-
-    flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (1 + 2 + 4 + 16 + 32, 0, 2)}
-
-
-@pytest.mark.parametrize("shards", [1])
 def test_one_token_flooding_a_window_is_still_answered(redis, pool, config, clock):
-    """Nothing a client sends may produce a 5xx (SPEC section 1), however many payloads.
+    """Nothing a client sends may produce a 5xx (docs/payload.md), however many payloads.
 
     A misbehaving device (or anyone holding a token) sends 12,000 payloads
     with distinct sessionDurations in one window, 1000 per batch. Each must
@@ -789,31 +555,27 @@ def test_one_token_flooding_a_window_is_still_answered(redis, pool, config, cloc
 
     assert answers == [(200, {"accepted": 1000, "duplicates": 0})] * 12
     flush_until(redis, pool, cfg, END)
-    assert stats_rows(pool) == {(END, "acme", "movie-1"): (12_000, 0, 0)}
+    assert stats_table(pool) == {(END, "acme", "movie-1"): Row(12_000, 0, 0, 12_000)}
 
 
 # --- shards and Redis outages --------------------------------------------------------
 
 
-@pytest.mark.parametrize("shards", [4])
-def test_a_batch_spanning_every_shard_lands_entirely(client, redis, pool, config):
+@shard_counts
+def test_a_batch_spanning_every_shard_lands_entirely(send, redis, pool, config, model):
+    """One script call with one shard, one MULTI/EXEC of several with more."""
     items = [varied(i, prefix="tok-") for i in range(300)]
-    assert {shard_of(p["token"], config.shards) for p in items} == {0, 1, 2, 3}
+    assert {shard_of(p["token"], config.shards) for p in items} == set(range(config.shards))
 
-    resp = post_batch(client, as_json(items))
+    assert send(items) == {"accepted": 300, "duplicates": 0}
 
-    assert ok(resp) == {"accepted": 300, "duplicates": 0}
     keys = Keys(config.key_prefix)
     for shard in range(config.shards):
         assert redis.zscore(keys.windows(shard), K) == K
     # A retry of the whole batch is all duplicates, whatever the shard.
-    assert ok(post_batch(client, as_json(items))) == {"accepted": 0, "duplicates": 300}
-    model = Model()
-    for p in items:
-        model.add(p, START)
+    assert send(items) == {"accepted": 0, "duplicates": 300}
     flush_until(redis, pool, config, END)
-    assert stats_rows(pool) == model.expected()
-    assert sum(v[2] for v in model.expected().values()) == 240
+    assert stats_table(pool) == model.rows()
 
 
 def test_redis_down_answers_503_json_for_a_batch(config, clock):
@@ -828,17 +590,12 @@ def test_redis_down_answers_503_json_for_a_batch(config, clock):
     assert_error(resp, 503, "unavailable")
     assert resp.headers["Retry-After"] == "1"
     assert elapsed < 3.0, elapsed
-    assert_error(
-        post_batch(
-            client, gzip.compress(as_ndjson(items)), "application/x-ndjson", encoding="gzip"
-        ),
-        503,
-        "unavailable",
-    )
-    assert_error(post_one(client, as_json(items[0])), 503, "unavailable")
+    ndjson = gzip.compress(as_ndjson(items))
+    assert_error(post_batch(client, ndjson, "application/x-ndjson", "gzip"), 503, "unavailable")
+    assert_error(post(client, "/stats", as_json(items[0])), 503, "unavailable")
 
 
-def test_rejections_come_before_redis(config, clock):
+def test_refusals_come_before_redis(config, clock):
     """With Redis down a bad request is still a 4xx: validation needs no Redis."""
     down = replace(config, redis_url="redis://127.0.0.1:1/0")
     client = create_app(down, clock=clock).test_client()

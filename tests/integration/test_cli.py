@@ -3,8 +3,9 @@
 Payloads are written in process with ``payload_stats.buffer.ingest.record`` at past instants
 (windows of 1 s, grace 0: they are closed at once), so the ``flush``
 subprocess, on the real clock, has work without the test sleeping. The
-expected rows come from the same SPEC-based ``Ledger`` as the in-process
-flush tests. Every subprocess is waited for, or killed, before the test ends.
+expected rows come from the reference model (``tests/support/model.py``),
+fed by the same ``Feeder`` as the in-process flush tests. Every subprocess
+is waited for, or killed, before the test ends.
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ import os
 import random
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,16 +26,24 @@ import pytest
 from payload_stats.buffer import snapshots
 from payload_stats.config import Config
 from payload_stats.postgres.migrations import migrations
-from tests.conftest import payload, stats_rows
-from tests.integration.test_flush import (
+from tests.conftest import payload
+from tests.support.drive import Feeder
+from tests.support.model import Model, Row
+from tests.support.servers import (
     UNREACHABLE_DATABASE_URL,
     UNREACHABLE_REDIS_URL,
-    Feeder,
-    Ledger,
-    assert_drained,
+    cli_environment,
+    descendants,
+    free_port,
+    http,
+    kill_group,
+    run_cli,
+    running,
+    start_cli,
+    wait_for_port,
 )
+from tests.support.store import assert_drained, stats_table
 
-ROOT = Path(__file__).resolve().parents[2]
 FAILPOINT_EXIT_CODE = 17
 
 SUMMARY = re.compile(r"flushed (\d+) window\(s\), (\d+) row\(s\) in \d+\.\d{3}s \(flush \S+\)")
@@ -54,40 +57,6 @@ WINDOW_LINE = re.compile(
 def cli_config(config: Config) -> Config:
     """Short windows, no grace, and a lock a killed flusher holds for 1 s only."""
     return replace(config, window_seconds=1, flush_grace_seconds=0, flush_lock_seconds=1)
-
-
-def environment(config: Config, **extra: str) -> dict[str, str]:
-    """The process environment of a command run with ``config``."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("STATS_", "GUNICORN_"))
-        and name not in ("REDIS_URL", "DATABASE_URL")
-    }
-    env.update(
-        REDIS_URL=config.redis_url,
-        DATABASE_URL=config.database_url,
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
-        STATS_WINDOW_SECONDS=str(config.window_seconds),
-        STATS_FLUSH_GRACE_SECONDS=str(config.flush_grace_seconds),
-        STATS_FLUSH_BATCH_SIZE=str(config.flush_batch_size),
-        STATS_FLUSH_LOCK_SECONDS=str(config.flush_lock_seconds),
-    )
-    env.update(extra)
-    return env
-
-
-def run_cli(env: Mapping[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m app ARGS``; killed if it outlives ``timeout``."""
-    return subprocess.run(
-        [sys.executable, "-m", "payload_stats", *args],
-        env=dict(env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def parse_summary(stdout: str) -> dict[int, dict[str, int]]:
@@ -145,9 +114,8 @@ def one_error_line(stderr: str) -> str:
 # --- init-db and flush --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 def test_init_db_twice(cli_config, pg_schema):
-    env = environment(cli_config)
+    env = cli_environment(cli_config)
     first = run_cli(env, "init-db")
     assert first.returncode == 0, first.stderr
     shipped = ", ".join(f"{v:04d}_{n}" for v, n, _ in migrations())
@@ -157,7 +125,7 @@ def test_init_db_twice(cli_config, pg_schema):
 
 
 def test_flush_prints_what_it_wrote(redis, pool, cli_config):
-    env = environment(cli_config)
+    env = cli_environment(cli_config)
     empty = run_cli(env, "flush")
     assert (empty.returncode, empty.stdout) == (0, "nothing to flush\n"), empty.stderr
 
@@ -166,20 +134,19 @@ def test_flush_prints_what_it_wrote(redis, pool, cli_config):
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
     assert parse_summary(done.stdout) == {
-        end: feeder.ledger.window_totals(end) for end in feeder.ledger.ends()
+        end: feeder.model.window_totals(end) for end in feeder.model.ends()
     }
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
     again = run_cli(env, "flush")
     assert (again.returncode, again.stdout) == (0, "nothing to flush\n"), again.stderr
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
 
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_flush_waits_for_end_plus_grace_on_the_real_clock(redis, pool, cli_config):
     config = replace(cli_config, window_seconds=2, flush_grace_seconds=2)
-    env = environment(config)
+    env = cli_environment(config)
     feeder = Feeder(redis, config)
     now = time.time()
     if now % 2 > 0.2:  # start right after a window opens: the margins below are wide
@@ -194,13 +161,13 @@ def test_flush_waits_for_end_plus_grace_on_the_real_clock(redis, pool, cli_confi
     in_grace = run_cli(env, "flush")
     assert time.time() < end + config.flush_grace_seconds, "too slow to test the grace"
     assert (in_grace.returncode, in_grace.stdout) == (0, "nothing to flush\n")
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
     time.sleep(max(0.0, end + config.flush_grace_seconds + 0.05 - time.time()))
     closed = run_cli(env, "flush")
     assert closed.returncode == 0, closed.stderr
-    assert parse_summary(closed.stdout) == {end: feeder.ledger.window_totals(end)}
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert parse_summary(closed.stdout) == {end: feeder.model.window_totals(end)}
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -218,20 +185,19 @@ def test_flush_fails_in_one_line_when_a_server_is_down(
     populate(feeder, past_base(), windows=2, pairs=10)
     before = sorted(set(redis.scan_iter(match=f"{cli_config.key_prefix}:*")))
 
-    failed = run_cli(environment(cli_config, **{variable: url}), "flush", timeout=30)
+    failed = run_cli(cli_environment(cli_config, **{variable: url}), "flush", timeout=30)
     assert failed.returncode == 1
     assert failed.stdout == ""
     assert one_error_line(failed.stderr).startswith(f"payload-stats: error: {server}: ")
     assert sorted(set(redis.scan_iter(match=f"{cli_config.key_prefix}:*"))) == before
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
-    done = run_cli(environment(cli_config), "flush")
+    done = run_cli(cli_environment(cli_config), "flush")
     assert done.returncode == 0, done.stderr
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 @pytest.mark.parametrize(
     ("command", "variable", "value"),
     [
@@ -250,10 +216,10 @@ def test_invalid_configuration_exits_2_naming_the_variable(
 ):
     feeder = Feeder(redis, cli_config)
     populate(feeder, past_base(), windows=1, pairs=3)
-    failed = run_cli(environment(cli_config, **{variable: value}), command, timeout=30)
+    failed = run_cli(cli_environment(cli_config, **{variable: value}), command, timeout=30)
     assert failed.returncode == 2, (failed.stdout, failed.stderr)
     assert variable in one_error_line(failed.stderr)
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
     assert snapshots.pending_snapshots(redis, cli_config) == []
 
 
@@ -265,15 +231,15 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
     feeder = Feeder(redis, cli_config)
     base = past_base()
     populate(feeder, base, windows=3, pairs=2 * cli_config.flush_batch_size + 1)
-    env = environment(cli_config)
+    env = cli_environment(cli_config)
 
     crashed = run_cli({**env, "STATS_FAILPOINT": point}, "flush")
     assert crashed.returncode == FAILPOINT_EXIT_CODE, (crashed.stdout, crashed.stderr)
     assert crashed.stdout == ""
-    ends = feeder.ledger.ends()
-    committed = stats_rows(pool)
+    ends = feeder.model.ends()
+    committed = stats_table(pool)
     if point == "after_commit":  # the first window is in PostgreSQL, still in Redis too
-        assert committed == feeder.ledger.expected(until_end=ends[0])
+        assert committed == feeder.model.rows(until_end=ends[0])
     else:
         assert committed == {}
     assert snapshots.pending_snapshots(redis, cli_config)
@@ -283,15 +249,14 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
     written = parse_summary(done.stdout)
     assert sorted(written) == ends
     for end in ends:
-        expected = feeder.ledger.window_totals(end)
+        expected = feeder.model.window_totals(end)
         if point == "after_commit" and end == ends[0]:
             expected = dict.fromkeys(expected, 0)  # replayed: nothing written twice
         assert written[end] == expected
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
 
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_flush_killed_at_random_instants(redis, pool, cli_config):
     seed = random.randrange(2**32)
     rng = random.Random(seed)
@@ -299,17 +264,11 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
     base = past_base()
     populate(feeder, base, windows=8, pairs=250, seed=seed)
     # One counter hash per round trip: a flush lasts long enough to be hit.
-    env = environment(cli_config, STATS_LOG_LEVEL="WARNING", STATS_FLUSH_BATCH_SIZE="1")
+    env = cli_environment(cli_config, STATS_LOG_LEVEL="WARNING", STATS_FLUSH_BATCH_SIZE="1")
     codes, interrupted = [], 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "payload_stats", "flush"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_cli(env, "flush")
         try:
             time.sleep(rng.uniform(0.2, 1.2))
         finally:
@@ -328,7 +287,7 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
 
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
-    assert stats_rows(pool) == feeder.ledger.expected(), f"seed {seed}, exit codes {codes}"
+    assert stats_table(pool) == feeder.model.rows(), f"seed {seed}, exit codes {codes}"
     assert_drained(redis, cli_config)
     assert interrupted, f"no kill landed inside a flush (seed {seed}, exit codes {codes})"
 
@@ -336,65 +295,9 @@ def test_flush_killed_at_random_instants(redis, pool, cli_config):
 # --- serve --------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _proc_stat(pid: int) -> tuple[str, int, str] | None:
-    """(state, parent pid, start time) of a process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1]), fields[19]
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """{pid: start time} of every process under ``root``."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _proc_stat(int(entry))):
-            parents[int(entry)] = stat
-    found: dict[int, str] = {}
-    frontier = [root]
-    while frontier:
-        pid = frontier.pop()
-        for child, (_, ppid, started) in parents.items():
-            if ppid == pid and child not in found:
-                found[child] = started
-                frontier.append(child)
-    return found
-
-
-def _running(pid: int, started: str) -> bool:
-    stat = _proc_stat(pid)
-    return stat is not None and stat[2] == started and stat[0] != "Z"
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"serve exited with {proc.returncode} before listening"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
-
-
 def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.status, json.loads(response.read())
+    status, answer = http("POST", url, json.dumps(body).encode(), timeout=5)
+    return status, json.loads(answer)
 
 
 README_PAYLOAD = {
@@ -409,38 +312,23 @@ README_PAYLOAD = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
 def test_serve_end_to_end(pool, cli_config, tmp_path):
     config = replace(cli_config, window_seconds=2, flush_grace_seconds=0.5)
-    env = environment(config, STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_DATA_DIR=str(tmp_path))
-    port = _free_port()
+    env = cli_environment(config, STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_DATA_DIR=str(tmp_path))
+    port = free_port()
     url = f"http://127.0.0.1:{port}/stats"
-    log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "payload_stats",
-            "serve",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    log = (tmp_path / "serve.log").open("w+b")
+    proc = start_cli(
+        env, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2", log=log, new_session=True
     )
     children: dict[int, str] = {}
     try:
-        _wait_for_port(port, proc)
+        wait_for_port(port, proc)
         time.sleep(0.5)  # let gunicorn fork its workers
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         assert len(children) >= 4, f"expected web, 2 workers and scheduler: {children}"
 
-        ledger = Ledger(config.window_seconds)
+        model = Model.of(config)
         sent = [
             README_PAYLOAD,  # sessionDuration 30 s >= the 2 s window: starts no session
             {**README_PAYLOAD, "cdn": 1, "p2p": 2, "sessionDuration": 60000},
@@ -468,37 +356,37 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
         now = time.time()
         if now % 2 > 1.0:  # all payloads in one window, far from its end
             time.sleep(2 - now % 2 + 0.02)
-        first = time.time()
-        for body in sent:
-            assert _post(url, body) == (200, {"accepted": 1, "duplicates": 0})
-        # A device retrying the README payload: answered, counted once (README "Retries").
-        assert _post(url, README_PAYLOAD) == (200, {"accepted": 0, "duplicates": 1})
-        last = time.time()
-        assert math.floor(first / 2) == math.floor(last / 2), "payloads straddled a window end"
-        for body in sent:
-            ledger.add(body, first)
-        end = ledger.ends()[0]
-        assert ledger.expected() == {
-            (end, "acme-tv", "live/channel-1"): (1048577 + 10, 5242882 + 20, 1),
-            (end, "acme-tv", "vod/a:b"): (0, 0, 1),
-            (end, "other", "live/channel-1"): (10**12, 10**12, 1),
+        # Then a device retrying the README payload: answered, counted once.
+        for body in [*sent, README_PAYLOAD]:
+            before = time.time()
+            status, answer = _post(url, body)
+            expected = model.receive(before, body, until=time.time())
+            assert status == 200
+            assert answer == {
+                "accepted": int(expected.counted),
+                "duplicates": int(expected.duplicate),
+            }
+        assert answer == {"accepted": 0, "duplicates": 1}
+        end = model.ends()[0]
+        assert model.rows() == {
+            (end, "acme-tv", "live/channel-1"): Row(1048577 + 10, 5242882 + 20, 1, 3),
+            (end, "acme-tv", "vod/a:b"): Row(0, 0, 1, 1),
+            (end, "other", "live/channel-1"): Row(10**12, 10**12, 1, 1),
         }
 
         deadline = time.monotonic() + (end + 10 - time.time())
-        while stats_rows(pool) != ledger.expected() and time.monotonic() < deadline:
+        while stats_table(pool) != model.rows() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert stats_rows(pool) == ledger.expected()
+        assert stats_table(pool) == model.rows()
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-        assert {pid for pid, started in children.items() if _running(pid, started)} == set()
+        assert {pid for pid, started in children.items() if running(pid, started)} == set()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        kill_group(proc)
         for pid, started in children.items():
-            if _running(pid, started):
+            if running(pid, started):
                 os.kill(pid, signal.SIGKILL)
         log.seek(0)
-        print(log.read())  # shown by pytest when the test fails
+        print(log.read().decode(errors="replace"))  # shown by pytest when the test fails
         log.close()

@@ -7,13 +7,8 @@ embedded path (a fresh machine's first run) exercised there too.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -28,6 +23,15 @@ from payload_stats.ops import embedded
 from payload_stats.postgres.migrations import migrate
 from payload_stats.postgres.pool import database_pool
 from tests.conftest import START, payload
+from tests.support.servers import (
+    cli_environment,
+    free_port,
+    http,
+    kill_group,
+    start_cli,
+    stop,
+    wait_for_port,
+)
 
 
 def _rows(database_url: str) -> list[tuple]:
@@ -84,61 +88,28 @@ def test_only_the_missing_server_is_embedded(tmp_path: Path, redis_url: str):
         assert embedded.running_urls(config) == {"database_url": servers.config.database_url}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_serve(workdir: Path, port: int) -> subprocess.Popen:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("REDIS_URL", "DATABASE_URL") and not k.startswith("STATS_")
-    }
-    env.update(
+    env = cli_environment(
         STATS_WINDOW_SECONDS="3",
         STATS_FLUSH_GRACE_SECONDS="0.5",
         STATS_FLUSH_INTERVAL_SECONDS="0.5",
         STATS_WEB_WORKERS="2",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "payload_stats", "serve", "--bind", f"127.0.0.1:{port}"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    log = workdir / "serve.log"
+    proc = start_cli(
+        env, "serve", "--bind", f"127.0.0.1:{port}", cwd=workdir, log=log, new_session=True
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("serve did not open its port within 30 s")
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
     try:
-        return proc.wait(20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        wait_for_port(port, proc)
+    except BaseException:
+        kill_group(proc)
+        print(log.read_text(errors="replace"))  # shown by pytest when the test fails
+        raise
+    return proc
 
 
 def _post(port: int, body: dict) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/stats",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.status
+    return http("POST", f"http://127.0.0.1:{port}/stats", json.dumps(body).encode(), timeout=5)[0]
 
 
 def _wait_rows(data_dir: Path, expected: int, timeout: float = 15) -> list[tuple]:
@@ -158,7 +129,7 @@ def _wait_rows(data_dir: Path, expected: int, timeout: float = 15) -> list[tuple
 
 @pytest.mark.slow
 def test_serve_with_no_urls_embeds_servers_and_loses_nothing_across_a_restart(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     proc = _start_serve(tmp_path, port)
     try:
         assert _post(port, payload(token="s1", customer="first", cdn=10, p2p=5)) == 200
@@ -170,10 +141,9 @@ def test_serve_with_no_urls_embeds_servers_and_loses_nothing_across_a_restart(tm
         t = time.time()
         time.sleep(max(0.0, (int(t) // 3 + 1) * 3 - t) + 0.05)  # start of a fresh window
         assert _post(port, payload(token="s2", customer="second", cdn=20, p2p=0)) == 200
-        assert _stop(proc) == 0
+        assert stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_group(proc)
     assert not (tmp_path / "var" / embedded.STATE_FILE).exists()
 
     proc = _start_serve(tmp_path, port)
@@ -184,4 +154,4 @@ def test_serve_with_no_urls_embeds_servers_and_loses_nothing_across_a_restart(tm
             ("second", "movie-1", 20, 0, 1, 1),
         ]
     finally:
-        assert _stop(proc) == 0
+        assert stop(proc) == 0

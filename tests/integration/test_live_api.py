@@ -1,21 +1,18 @@
-"""GET /stats/live, ``payload-stats live`` and its rich view (issue 4), on real Redis.
+"""GET /stats/live, ``payload-stats live`` and its rich view, on real Redis.
 
 The live counters are what Redis still holds: the open window, closed windows
 not flushed yet, and snapshots a flush froze but PostgreSQL has not committed
-(simulated with a failpoint raising right after the freeze). Each test keeps
-its own account of the payloads it sent, per (window end, customer, content),
-and compares the endpoint's rows with it exactly.
+(simulated with a failpoint raising right after the freeze). The payloads a
+test sends go to the reference model (``tests/support/model.py``) too; the
+endpoint's rows are compared with the model's rows of the windows not
+flushed yet, exactly.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import subprocess
-import sys
 import time
-from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,69 +31,52 @@ from payload_stats.flush.flusher import flush_once
 from payload_stats.ops import terminal
 from payload_stats.web.app import create_app
 from payload_stats.windows import window_end, window_index
-from tests.conftest import START, FakeClock, payload, stats_rows
+from tests.conftest import START, FakeClock, payload
+from tests.support.drive import Crash, crash_at
+from tests.support.model import Model
+from tests.support.servers import UNREACHABLE_REDIS_URL, cli_environment, run_cli
+from tests.support.store import stats_table
 
-UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
 K0 = window_index(START, 300)  # the window of START: [10:00, 10:05)
-
-# For tests where Redis sharding plays no part.
-one_shard = pytest.mark.parametrize("shards", [1], ids=["1shard"])
-
-
-class Crash(Exception):
-    """A simulated flusher crash."""
-
-
-def crash_after_freeze(point: str) -> None:
-    if point == "after_freeze":
-        raise Crash(point)
-
-
-class Account:
-    """What the live rows must show: {(window end ISO, customer, content): sums}."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-
-    def add(self, now: float, body: dict[str, Any], *, starts: bool) -> None:
-        end = window_end(window_index(now, 300), 300)
-        iso = datetime.fromtimestamp(end, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        total = self.rows[(iso, body["customer"], body["content"])]
-        total[0] += body["cdn"]
-        total[1] += body["p2p"]
-        total[2] += int(starts)
-        total[3] += 1
-
-    def expected(
-        self, customer: str | None = None, content: str | None = None
-    ) -> dict[tuple, dict[str, Any]]:
-        return {
-            k: {
-                "time": k[0],
-                "customer": k[1],
-                "content": k[2],
-                "cdn": cdn,
-                "p2p": p2p,
-                "sessions": s,
-                "payloads": n,
-                "p2p_share": share(cdn, p2p),
-            }
-            for k, (cdn, p2p, s, n) in self.rows.items()
-            if customer in (None, k[1]) and content in (None, k[2])
-        }
 
 
 def share(cdn: int, p2p: int) -> float | None:
     return round(p2p / (cdn + p2p), 6) if cdn + p2p else None
 
 
-class Sender:
-    """POSTs payloads with unique tokens at the FakeClock's time, and accounts for them."""
+def iso(end: int) -> str:
+    return datetime.fromtimestamp(end, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def __init__(self, client, clock: FakeClock, account: Account) -> None:
+
+def expected(
+    model: Model, customer: str | None = None, content: str | None = None, after: int = 0
+) -> dict[tuple, dict[str, Any]]:
+    """The live rows the model's rows make, keyed like ``live()``: windows ending after
+    ``after`` (flushed up to it), of ``customer`` and ``content`` when given."""
+    return {
+        (iso(end), cu, co): {
+            "time": iso(end),
+            "customer": cu,
+            "content": co,
+            "cdn": row.cdn,
+            "p2p": row.p2p,
+            "sessions": row.sessions,
+            "payloads": row.payloads,
+            "p2p_share": share(row.cdn, row.p2p),
+        }
+        for (end, cu, co), row in model.rows().items()
+        if end > after and customer in (None, cu) and content in (None, co)
+    }
+
+
+class Sender:
+    """POSTs payloads with unique tokens at the FakeClock's time; the answers must be
+    the model's."""
+
+    def __init__(self, client, clock: FakeClock, model: Model) -> None:
         self.client = client
         self.clock = clock
-        self.account = account
+        self.model = model
         self.n = 0
 
     def send(self, **fields: Any) -> dict[str, Any]:
@@ -104,8 +84,7 @@ class Sender:
         body = payload(token=f"live-{self.n}", **fields)
         response = self.client.post("/stats", json=body)
         assert response.status_code == 200, response.get_json()
-        assert response.get_json() == {"accepted": 1, "duplicates": 0}
-        self.account.add(self.clock(), body, starts=body["sessionDuration"] < 300_000)
+        assert response.get_json() == self.model.receive_all(self.clock(), [body]).body()
         return body
 
     def burst(
@@ -138,36 +117,35 @@ def live(client, **params: Any) -> dict[tuple, dict[str, Any]]:
 
 
 @pytest.fixture
-def account() -> Account:
-    return Account()
+def model(config) -> Model:
+    return Model.of(config)
 
 
 @pytest.fixture
-def sender(client, clock, account) -> Sender:
-    return Sender(client, clock, account)
+def sender(client, clock, model) -> Sender:
+    return Sender(client, clock, model)
 
 
 # --- GET /stats/live -----------------------------------------------------------
 
 
-def test_open_window_sums_exactly_across_shards(client, config, clock, sender, account):
+def test_open_window_sums_exactly_across_shards(client, config, clock, sender, model):
     rnd = random.Random(1)
     sender.burst(rnd, 60)
-    # Unusual names stay apart (SPEC 3): "a:b"/"c" and "a"/"b:c" are two rows.
+    # The same customer/content is counted in several shards: a row is their sum.
+    tokens = {f"live-{i}" for i in range(1, 61)}
+    assert len({keys.shard_of(t, config.shards) for t in tokens}) == config.shards
+    # Unusual names stay apart (docs/stats-table.md): "a:b"/"c" and "a"/"b:c" are two rows.
     sender.send(customer="a:b", content="c", cdn=1, p2p=2)
     sender.send(customer="a", content="b:c", cdn=4, p2p=8)
     sender.send(customer="ünï €", content="𝄞", cdn=16, p2p=32)
     rows = live(client)
-    assert rows == account.expected()
+    assert rows == expected(model)
     assert {r["time"] for r in rows.values()} == {"2026-11-26T10:05:00Z"}
     assert sum(r["payloads"] for r in rows.values()) == 63
-    if config.shards > 1:
-        # The same customer/content was counted in several shards: the row is their sum.
-        tokens = {f"live-{i}" for i in range(1, 61)}
-        assert len({keys.shard_of(t, config.shards) for t in tokens}) == config.shards
 
 
-def test_closed_windows_not_flushed_yet_are_shown(client, clock, sender, account):
+def test_closed_windows_not_flushed_yet_are_shown(client, clock, sender, model):
     rnd = random.Random(2)
     for _ in range(3):
         sender.burst(rnd, 15)
@@ -175,7 +153,7 @@ def test_closed_windows_not_flushed_yet_are_shown(client, clock, sender, account
     # Now 10:15:01: three closed windows (two past their grace), none flushed, an empty open one.
     sender.send(customer="now", content="open", cdn=7, p2p=0)
     rows = live(client)
-    assert rows == account.expected()
+    assert rows == expected(model)
     assert sorted({r["time"] for r in rows.values()}) == [
         "2026-11-26T10:05:00Z",
         "2026-11-26T10:10:00Z",
@@ -185,7 +163,7 @@ def test_closed_windows_not_flushed_yet_are_shown(client, clock, sender, account
 
 
 def test_frozen_snapshots_not_committed_are_shown(
-    client, redis, pool, config, clock, sender, account
+    client, redis, pool, config, clock, sender, model
 ):
     rnd = random.Random(3)
     sender.burst(rnd, 20)
@@ -194,10 +172,10 @@ def test_frozen_snapshots_not_committed_are_shown(
     clock.advance(300 + 10)  # 10:10:11: both windows closed and past grace
     before = live(client)
     with pytest.raises(Crash):
-        flush_once(redis, pool, config, clock, failpoint=crash_after_freeze)
+        flush_once(redis, pool, config, clock, failpoint=crash_at("after_freeze"))
     assert {s.k for s in snapshots.pending_snapshots(redis, config)} == {K0, K0 + 1}
-    assert stats_rows(pool) == {}
-    assert live(client) == before == account.expected()
+    assert stats_table(pool) == {}
+    assert live(client) == before == expected(model)
 
     # A late payload for the frozen window lands in fresh live keys: the row is
     # the sum of the snapshot and the live counters.
@@ -207,7 +185,7 @@ def test_frozen_snapshots_not_committed_are_shown(
     clock.now = open_now
     sender.send(customer="acme", content="live/1", cdn=5, p2p=5)  # the open window
     rows = live(client)
-    assert rows == account.expected()
+    assert rows == expected(model)
     frozen = before[("2026-11-26T10:05:00Z", "acme", "live/1")]
     assert rows[("2026-11-26T10:05:00Z", "acme", "live/1")]["cdn"] == frozen["cdn"] + late["cdn"]
 
@@ -215,18 +193,11 @@ def test_frozen_snapshots_not_committed_are_shown(
     clock.advance(300)
     flush_once(redis, pool, config, clock)
     assert live(client) == {}
-    assert stats_rows(pool) == {
-        (int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()), cu, co): (
-            cdn,
-            p2p,
-            sessions,
-        )
-        for (t, cu, co), (cdn, p2p, sessions, _) in account.rows.items()
-    }
+    assert stats_table(pool) == model.rows()
 
 
 def test_nothing_is_shown_after_a_successful_flush(
-    client, redis, pool, config, clock, sender, account
+    client, redis, pool, config, clock, sender, model
 ):
     rnd = random.Random(4)
     sender.burst(rnd, 25)
@@ -235,13 +206,13 @@ def test_nothing_is_shown_after_a_successful_flush(
     clock.advance(300 + 5)  # 10:10:06: both windows flushable
     assert len({r["time"] for r in live(client).values()}) == 2
     report = flush_once(redis, pool, config, clock)
-    assert report.rows == len(account.rows)
+    assert report.rows == len(model.rows())
     assert live(client) == {}
     # New traffic in the open window is all there is.
-    account.rows.clear()
+    flushed = max(model.ends())
     sender.send(customer="after", content="flush", cdn=3, p2p=9)
-    assert live(client) == account.expected()
-    assert list(account.expected().values())[0]["time"] == "2026-11-26T10:15:00Z"
+    assert live(client) == expected(model, after=flushed)
+    assert [r["time"] for r in expected(model, after=flushed).values()] == ["2026-11-26T10:15:00Z"]
 
 
 @pytest.mark.parametrize(
@@ -257,18 +228,18 @@ def test_nothing_is_shown_after_a_successful_flush(
     ],
     ids=["customer", "content", "both", "unknown", "prefix", "case", "empty-is-none"],
 )
-def test_filters(client, clock, sender, account, params):
+def test_filters(client, clock, sender, model, params):
     rnd = random.Random(5)
     sender.burst(rnd, 30)
     clock.advance(300)
     sender.burst(rnd, 30)
-    want = account.expected(params.get("customer") or None, params.get("content"))
+    want = expected(model, params.get("customer") or None, params.get("content"))
     if params.get("customer") in ("acme", "c:d") or params.get("content"):
         assert want
     assert live(client, **params) == want
 
 
-def test_p2p_share(client, sender, account):
+def test_p2p_share(client, sender, model):
     sender.send(customer="zero", content="x", cdn=0, p2p=0)  # no bytes: share is null
     sender.send(customer="third", content="x", cdn=2, p2p=1)
     sender.send(customer="third", content="x", cdn=0, p2p=0)
@@ -277,7 +248,7 @@ def test_p2p_share(client, sender, account):
     rows = live(client)
     shares = {cu: r["p2p_share"] for (_, cu, _), r in rows.items()}
     assert shares == {"zero": None, "third": 0.333333, "all-p2p": 1.0, "all-cdn": 0.0}
-    assert rows == account.expected()
+    assert rows == expected(model)
     assert rows[("2026-11-26T10:05:00Z", "zero", "x")]["payloads"] == 1
     assert rows[("2026-11-26T10:05:00Z", "third", "x")]["sessions"] == 2
 
@@ -345,28 +316,10 @@ def test_redis_down_answers_503_json(config, clock):
 # --- payload-stats live --once -------------------------------------------------
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("payload-stats")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "payload_stats"]
-
-
 def _env(config: Config, tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("STATS_") and k not in ("REDIS_URL", "DATABASE_URL")
-    }
-    env.update(
-        REDIS_URL=config.redis_url,
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
-        STATS_WINDOW_SECONDS=str(config.window_seconds),
-        STATS_DATA_DIR=str(tmp_path),
-        COLUMNS="160",
-        NO_COLOR="1",
-        TERM="dumb",
+    return cli_environment(
+        config, STATS_DATA_DIR=str(tmp_path), COLUMNS="160", NO_COLOR="1", TERM="dumb"
     )
-    return env
 
 
 @pytest.fixture
@@ -416,13 +369,7 @@ def _title_end(out: str) -> int:
 
 
 def test_live_once_prints_the_open_window(config, tmp_path, real_time_traffic):
-    done = subprocess.run(
-        [*_command(), "live", "--once"],
-        env=_env(config, tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(_env(config, tmp_path), "live", "--once")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert _title_end(out) in {end % 86400 for end in real_time_traffic}
@@ -438,35 +385,20 @@ def test_live_once_prints_the_open_window(config, tmp_path, real_time_traffic):
 
 def test_live_once_limit_and_customer(config, tmp_path, real_time_traffic):
     env = _env(config, tmp_path)
-    done = subprocess.run(
-        [*_command(), "live", "--once", "--limit", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(env, "live", "--once", "--limit", "1")
     assert done.returncode == 0, done.stderr
     assert "acme-live" in done.stdout and "beta-vod" not in done.stdout
     assert "1 of 3 customer/content pairs" in done.stdout
-    done = subprocess.run(
-        [*_command(), "live", "--once", "--customer", "beta-vod"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli(env, "live", "--once", "--customer", "beta-vod")
     assert done.returncode == 0, done.stderr
     assert "beta-vod" in done.stdout and "acme-live" not in done.stdout
     assert "1 of 1 customer/content pairs" in done.stdout
     assert "3.0 KB" in done.stdout and "7.0 KB" in done.stdout and "70.0%" in done.stdout
 
 
-@one_shard
 def test_live_once_with_redis_down_exits_1(config, tmp_path):
     env = _env(replace(config, redis_url=UNREACHABLE_REDIS_URL), tmp_path)
-    done = subprocess.run(
-        [*_command(), "live", "--once"], env=env, capture_output=True, text=True, timeout=60
-    )
+    done = run_cli(env, "live", "--once")
     assert done.returncode == 1
     assert "Redis" in done.stderr
     assert "Traceback" not in done.stderr
@@ -502,7 +434,6 @@ def _line(text: str, customer: str) -> str:
     return lines[0]
 
 
-@one_shard
 def test_render_sorts_by_traffic_and_formats(config):
     now = K0 * 300 + 60  # one minute into the window
     text = _render(ROWS, now, 20, config)
@@ -530,7 +461,6 @@ def test_render_sorts_by_traffic_and_formats(config):
     assert "5 of 5 customer/content pairs" in text
 
 
-@one_shard
 def test_render_shows_only_the_top_rows_up_to_the_limit(config):
     text = _render(ROWS, K0 * 300 + 150, 2, config)
     assert " p2p-only " in text and " big " in text
@@ -540,7 +470,6 @@ def test_render_shows_only_the_top_rows_up_to_the_limit(config):
     assert "(150s of 300s)" in text
 
 
-@one_shard
 def test_render_empty_window(config):
     text = _render([], K0 * 300, 20, config)
     assert "window ending 10:05:00 UTC" in text

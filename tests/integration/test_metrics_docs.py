@@ -1,4 +1,4 @@
-"""GET /metrics, the OpenAPI document, /docs and the JSON logs (issue 4), on real servers.
+"""GET /metrics, the OpenAPI document, /docs and the JSON logs, on real servers.
 
 Metrics are read back with prometheus_client's own text parser and compared
 with exact counts of what each test did. The gunicorn test starts the real
@@ -12,15 +12,11 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -44,8 +40,9 @@ from payload_stats.logs import JSONFormatter
 from payload_stats.postgres.pool import database_pool
 from payload_stats.web.app import create_app
 from tests.conftest import payload
+from tests.support.drive import Crash, crash_at
+from tests.support.servers import ROOT, cli_environment, free_port, http, stop, wait_for_http
 
-ROOT = Path(__file__).resolve().parents[2]
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/9"
 FIRST_END = 1_795_687_500  # end of the window holding START: 2026-11-26T10:05:00Z
@@ -94,7 +91,6 @@ def post(client, body: Any, **kwargs: Any):
 # --- request metrics -----------------------------------------------------------
 
 
-@one_shard
 def test_payloads_accepted_duplicate_and_rejected_by_reason(config, clock, redis):
     client = create_app(replace(config, max_body_bytes=2048), clock=clock).test_client()
     before = scrape(client)
@@ -128,7 +124,6 @@ def test_payloads_accepted_duplicate_and_rejected_by_reason(config, clock, redis
     }
 
 
-@one_shard
 def test_rejected_batch_and_unauthorized_are_counted(config, clock, redis):
     client = create_app(replace(config, ingest_token="i"), clock=clock).test_client()
     assert post(client, payload()).status_code == 401
@@ -145,7 +140,6 @@ def test_rejected_batch_and_unauthorized_are_counted(config, clock, redis):
     assert value(samples, "payload_stats_payloads_accepted_total") == 0
 
 
-@one_shard
 def test_latency_histogram_is_labelled_by_route_pattern(config, clock, redis, pool):
     client = create_app(config, clock=clock).test_client()
     for i in range(2):
@@ -190,11 +184,6 @@ def test_latency_histogram_is_labelled_by_route_pattern(config, clock, redis, po
 
 
 # --- flush metrics ---------------------------------------------------------------
-
-
-def crash_after_freeze(point: str) -> None:
-    if point == "after_freeze":
-        raise RuntimeError("crash after freeze")
 
 
 def test_flush_metrics_windows_pending_and_oldest_age(config, clock, redis, pool):
@@ -269,15 +258,14 @@ def test_frozen_snapshots_are_pending(config, clock, redis, pool):
     client = create_app(config, clock=clock).test_client()
     assert post(client, payload()).status_code == 200
     clock.now = FIRST_END + 45
-    with pytest.raises(RuntimeError):
-        flush_once(redis, pool, config, clock, failpoint=crash_after_freeze)
+    with pytest.raises(Crash):
+        flush_once(redis, pool, config, clock, failpoint=crash_at("after_freeze"))
     assert snapshots.pending_snapshots(redis, config)
     samples = scrape(client)
     assert value(samples, "payload_stats_windows_pending") == 1
     assert value(samples, "payload_stats_oldest_unflushed_window_age_seconds") == 45
 
 
-@one_shard
 def test_redis_down_is_reported_not_a_500(config, clock):
     client = create_app(replace(config, redis_url=UNREACHABLE_REDIS_URL), clock=clock).test_client()
     samples = scrape(client)
@@ -286,27 +274,6 @@ def test_redis_down_is_reported_not_a_500(config, clock):
 
 
 # --- /metrics under gunicorn with two workers --------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    """One request on a new connection (urllib closes it afterwards)."""
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method=method,
-        headers={"Content-Type": "application/json", "Connection": "close"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def _per_worker(
@@ -334,64 +301,41 @@ def gunicorn(config: Config, pool, tmp_path: Path) -> Iterator[tuple[str, Path]]
     its base URL and its PROMETHEUS_MULTIPROC_DIR."""
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
-    port = _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("STATS_", "GUNICORN_", "PROMETHEUS_"))
-        and k not in ("REDIS_URL", "DATABASE_URL")
-    }
-    env.update(
-        REDIS_URL=config.redis_url,
-        DATABASE_URL=config.database_url,
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        STATS_LOG_FORMAT="json",
+    port = free_port()
+    env = cli_environment(
+        config, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), STATS_LOG_FORMAT="json"
     )
-    log = (tmp_path / "gunicorn.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "python:payload_stats.web.gunicorn_conf",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "payload_stats.web.app:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:payload_stats.web.gunicorn_conf",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "payload_stats.web.app:create_app()",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            try:
-                if _http("GET", f"{base}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
-            time.sleep(0.1)
+        try:
+            wait_for_http(f"{base}/healthz", proc)
+        except (TimeoutError, RuntimeError):
+            raise AssertionError(log.read_text()) from None
         yield base, metrics_dir
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc)
 
 
-@one_shard
 def test_metrics_sum_both_gunicorn_workers(gunicorn, tmp_path):
     base, metrics_dir = gunicorn
     scratch = tmp_path / "scratch"
@@ -399,7 +343,7 @@ def test_metrics_sum_both_gunicorn_workers(gunicorn, tmp_path):
 
     def send(i: int) -> int:
         body = json.dumps(payload(token=f"g-{i}")).encode()
-        return _http("POST", f"{base}/stats", body)[0]
+        return http("POST", f"{base}/stats", body)[0]
 
     with ThreadPoolExecutor(8) as pool:
         # Concurrent requests on new connections spread over the two workers;
@@ -417,7 +361,7 @@ def test_metrics_sum_both_gunicorn_workers(gunicorn, tmp_path):
         assert sum(accepted.values()) == sent
 
         def metric(_: int) -> float:
-            status, body = _http("GET", f"{base}/metrics")
+            status, body = http("GET", f"{base}/metrics")
             assert status == 200
             return value(parse(body.decode()), "payload_stats_payloads_accepted_total")
 

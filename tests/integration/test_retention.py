@@ -1,4 +1,4 @@
-"""Retention (issue 4): deleting ``stats`` rows older than STATS_RETENTION_DAYS.
+"""Retention: deleting ``stats`` rows older than STATS_RETENTION_DAYS.
 
 Rows are inserted at known instants around the cut-off (``now`` - days, to the
 microsecond) into the test's PostgreSQL schema; after ``prune`` exactly the
@@ -27,9 +27,6 @@ from tests.conftest import START, FakeClock
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
 NOW = datetime.fromtimestamp(START, tz=timezone.utc)  # 2026-11-26T10:00:01Z
-
-# Redis sharding plays no part in retention.
-one_shard = pytest.mark.parametrize("shards", [1], ids=["1shard"])
 
 US = timedelta(microseconds=1)
 
@@ -85,7 +82,6 @@ def spy_pool(config: Config, pool) -> Iterator[ThreadedConnectionPool]:
     spied.closeall()
 
 
-@one_shard
 def test_prune_deletes_exactly_the_older_rows_in_batches(pool, spy_pool):
     cutoff = NOW - timedelta(days=365)
     old = [
@@ -121,7 +117,6 @@ def test_prune_deletes_exactly_the_older_rows_in_batches(pool, spy_pool):
     assert len(set(txids)) == len(txids), "the batches shared a transaction"
 
 
-@one_shard
 def test_prune_an_exact_multiple_of_the_batch(pool, spy_pool):
     cutoff = NOW - timedelta(days=30)
     insert(pool, [cutoff - timedelta(hours=h) for h in range(1, 7)], "old")
@@ -132,7 +127,6 @@ def test_prune_an_exact_multiple_of_the_batch(pool, spy_pool):
     assert sum(n for n, _ in DeleteSpy.deletes["stats"]) == 6
 
 
-@one_shard
 def test_prune_with_nothing_old(pool, spy_pool):
     insert(pool, [NOW - timedelta(days=d) for d in range(5)])
     assert prune(spy_pool, 7, START, batch=3) == 0
@@ -140,7 +134,6 @@ def test_prune_with_nothing_old(pool, spy_pool):
     assert [n for n, _ in DeleteSpy.deletes["stats"]] == [0]
 
 
-@one_shard
 def test_prune_a_large_backlog_with_the_default_batch(pool):
     """More rows than one default batch (10,000): all of the old ones go."""
     with connection(pool) as conn, conn, conn.cursor() as cur:
@@ -155,7 +148,6 @@ def test_prune_a_large_backlog_with_the_default_batch(pool):
     assert len(remaining(pool)) == 1
 
 
-@one_shard
 def test_prune_also_drops_old_ledger_entries(pool, spy_pool):
     cutoff = NOW - timedelta(days=365)
     with connection(pool) as conn, conn, conn.cursor() as cur:
@@ -179,7 +171,6 @@ def test_prune_also_drops_old_ledger_entries(pool, spy_pool):
     assert all(n <= 3 for n, _ in DeleteSpy.deletes["flush_ledger"])
 
 
-@one_shard
 def test_prune_logs_what_it_deleted(pool, caplog):
     insert(pool, [NOW - timedelta(days=400), NOW - timedelta(days=366), NOW])
     with caplog.at_level(logging.INFO, logger="payload_stats.flush.retention"):
@@ -193,7 +184,6 @@ def test_prune_logs_what_it_deleted(pool, caplog):
 # --- the scheduled job -----------------------------------------------------------
 
 
-@one_shard
 def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
     clock = FakeClock(START)
     insert(
@@ -216,7 +206,6 @@ def test_retention_job_uses_retention_days_and_the_clock(config, pool, caplog):
     assert {cu for _, cu in remaining(pool)} == {"acme-3"}
 
 
-@one_shard
 def test_retention_job_with_postgres_down_logs_and_does_not_raise(config, caplog):
     broken = database_pool(replace(config, database_url=UNREACHABLE_DATABASE_URL), 1)
     with caplog.at_level(logging.INFO, logger="payload_stats.flush.scheduler"):
@@ -235,7 +224,6 @@ def _jobs(config: Config, redis, pool, *, with_retention: bool = True) -> dict:
     return {job.id: job for job in scheduler.get_jobs()}
 
 
-@one_shard
 def test_scheduler_runs_retention_daily(config, redis, pool):
     jobs = _jobs(replace(config, retention_days=365), redis, pool)
     assert set(jobs) == {"flush", "retention"}
@@ -248,7 +236,6 @@ def test_scheduler_runs_retention_daily(config, redis, pool):
     assert retention.next_run_time > jobs["flush"].next_run_time
 
 
-@one_shard
 def test_scheduler_has_no_retention_job_when_retention_days_is_0(config, redis, pool):
     off = replace(config, retention_days=0)
     assert set(_jobs(off, redis, pool)) == {"flush"}

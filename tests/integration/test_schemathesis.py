@@ -1,11 +1,11 @@
-"""schemathesis against the service's own OpenAPI document (SPEC section 1).
+"""schemathesis against the service's own OpenAPI document (docs/payload.md).
 
 The document is read from ``GET /openapi.json`` of the app under test, and
 every documented operation gets a bounded number of generated requests,
 valid ones and invalid ones, sent through the WSGI app with real Redis and a
-migrated PostgreSQL schema behind it. Every response must be no 5xx (the
-SPEC: nothing a client sends may produce one), carry a documented status
-code and content type, and match the documented response schema.
+migrated PostgreSQL schema behind it. Every response must be no 5xx
+(nothing a client sends may produce one), carry a documented status code and
+content type, and match the documented response schema.
 
 The schema is loaded inside the test, from the app built on the test's
 fixtures, and each operation runs under its own ``hypothesis.given``
@@ -16,7 +16,6 @@ reported together, each with its minimal failing request.
 
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -37,12 +36,6 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 25  # per operation and generation mode
-
-
-@pytest.fixture
-def shards() -> int:
-    """One shard is enough: the document does not depend on sharding."""
-    return 1
 
 
 def test_every_operation_answers_as_documented(config, pool):

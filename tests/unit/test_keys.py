@@ -1,6 +1,6 @@
 """Redis key names: the (customer, content) ident, the shard of a token, hash tags.
 
-Idents must keep every pair apart whatever the names hold (SPEC section 3:
+Idents must keep every pair apart whatever the names hold (docs/stats-table.md:
 ``"a:b"/"c"`` and ``"a"/"b:c"`` are two rows); shards must be stable across
 processes; every key of a shard must hash to the shard's cluster slot.
 """

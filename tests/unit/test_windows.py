@@ -1,4 +1,4 @@
-"""Window arithmetic (SPEC section 2 and 5): exact values, boundaries, properties.
+"""Window arithmetic (docs/windows.md): exact values, boundaries, properties.
 
 A payload received at ``t`` belongs to window ``k = floor(t / L)``, the
 half-open interval ``[k*L, (k+1)*L)``; the window's time is its end; it may be
