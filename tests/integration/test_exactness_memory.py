@@ -134,8 +134,6 @@ def mixed_batch(expected: Expected) -> list[dict]:
     ] + [payload(token=tokens[s][1], customer="new", content=f"n{s}", cdn=9) for s in range(4)]
 
 
-
-
 # --- all or nothing -----------------------------------------------------------------------------
 
 
