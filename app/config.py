@@ -38,6 +38,7 @@ class Config:
     key_prefix: str = "ps"
     max_body_bytes: int = 1024 * 1024
     redis_timeout_seconds: float = 1.0
+    redis_memory_ready_ratio: float = 0.9
     flush_batch_size: int = 1000
     flush_lock_seconds: float = 60.0
     data_dir: str = "var"
@@ -82,6 +83,13 @@ class Config:
     @property
     def window_ms(self) -> int:
         return self.window_seconds * 1000
+
+    @property
+    def retry_memory_bytes(self) -> int:
+        """Bytes of durations a session's retry memory keeps per window: room for
+        four times the payloads of a device sending every 30 s, and at least 600
+        (some 70 durations). Past it, docs/retries.md "Bounds" applies."""
+        return max(600, 32 * -(-self.window_seconds // 30))
 
     @property
     def dedup_windows(self) -> int:
@@ -180,6 +188,11 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "redis_timeout_seconds",
         "float",
         {**_NUMBER, "validate": [_finite, _positive]},
+    ),
+    "STATS_REDIS_MEMORY_READY_RATIO": (
+        "redis_memory_ready_ratio",
+        "float",
+        {**_NUMBER, "validate": [_finite, Range(0, 1)]},
     ),
     "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", "int", {"validate": Range(1, 100_000)}),
     "STATS_FLUSH_LOCK_SECONDS": (

@@ -25,14 +25,15 @@ STAGES = (
     ("redis: reading the reply", ("(redis/_parsers",)),
     ("redis: sending the command", ("send_packed_command (redis", "sendall (")),
     ("redis: client (pack, pool, retry)", ("(redis/",)),
-    ("JSON (decode body, encode reply)", ("parse_json (app", "get_json (", "(json/", "orjson")),
-    ("validation (app/schemas, marshmallow)", ("(app/schemas", "(marshmallow/")),
-    ("app/buffer.record: keys and args", ("(app/buffer", "(app/keys", "(app/windows")),
-    ("metrics (prometheus_client)", ("(prometheus_client/", "(app/metrics")),
+    ("JSON (decode body, encode reply)", ("parse_json (", "get_json (", "(json/", "orjson")),
+    ("validation (ingest/schema, marshmallow)", ("ingest/schema.py", "(marshmallow/")),
+    ("group commit (threads meeting)", ("ingest/group_commit.py", "(threading.py")),
+    ("buffer/ingest: keys and args", ("buffer/ingest.py", "buffer/keys.py", "/windows.py")),
+    ("metrics (prometheus_client)", ("(prometheus_client/", "web/metrics.py")),
     ("logging (incl. gunicorn access log)", ("(logging/", "(gunicorn/glogging")),
     ("Flask/werkzeug", ("(flask/", "(werkzeug/")),
     ("gunicorn: HTTP parse, write, close", ("(gunicorn/",)),
-    ("app: other", ("(app/",)),
+    ("app: other", ("/app/",)),
 )
 
 

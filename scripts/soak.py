@@ -422,12 +422,12 @@ class Service:
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT extract(epoch FROM time)::bigint, customer, content, "
-                    "cdn, p2p, sessions, payloads FROM stats"
+                    "cdn, p2p, sessions, payloads, watch_ms FROM stats"
                 )
                 rows = cur.fetchall()
         finally:
             conn.close()
-        return {(t, cu, co): Row(cdn, p2p, s, n) for t, cu, co, cdn, p2p, s, n in rows}
+        return {(t, cu, co): Row(*values) for t, cu, co, *values in rows}
 
     def leftover_keys(self) -> list[str]:
         """Redis keys still holding buffered data: live counters or snapshots."""
@@ -436,7 +436,7 @@ class Service:
             names = [k.decode() for k in redis.scan_iter(match=f"{self.prefix}:*", count=1000)]
         finally:
             redis.close()
-        kept = (":lock:flush", ":flush:stats")
+        kept = (":lock:flush", ":flush:stats", ":deployment")
         return sorted({n for n in names if ":t:" not in n and not n.endswith(kept)})
 
     def clean(self) -> None:

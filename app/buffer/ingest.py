@@ -1,12 +1,14 @@
 """Ingest writes: validated payloads into the live counters of their window.
 
-The session rule (docs/sessions.md) and retry de-duplication
-(docs/retries.md) are applied by the INGEST script in the same atomic call.
+The session rule (docs/sessions.md) and retry recognition (docs/retries.md)
+are applied by the INGEST script in the same atomic call. One call may carry
+the payloads of several requests (``record_entries``), which is how a web
+worker's requests in flight at the same moment share one round trip
+(``payload_stats.ingest.group_commit``).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +21,37 @@ from . import keys as k_
 from .keys import Keys
 from .scripts import Scripts
 
+COUNTED = frozenset(b"csuU")
+STARTED = frozenset(b"sU")
+UNPROTECTED = frozenset(b"uU")  # counted with no retry memory left for it
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The validated payloads of one request, received at ``now``."""
+
+    payloads: Sequence[Mapping[str, Any]]
+    now: float
+
 
 @dataclass(frozen=True)
 class Recorded:
-    """What one ``record`` call did."""
+    """What was done with the payloads of one request."""
 
     accepted: int  # payloads counted
     duplicates: int  # retries of payloads already counted, skipped
     sessions: int  # sessions started
+    unprotected: int = 0  # counted past the retry-memory bound (docs/retries.md, "Bounds")
+
+    @classmethod
+    def from_outcomes(cls, outcomes: bytes) -> Recorded:
+        """From the INGEST script's answer: one character per payload."""
+        return cls(
+            accepted=sum(c in COUNTED for c in outcomes),
+            duplicates=outcomes.count(b"d"),
+            sessions=sum(c in STARTED for c in outcomes),
+            unprotected=sum(c in UNPROTECTED for c in outcomes),
+        )
 
 
 def record(
@@ -36,53 +61,73 @@ def record(
     payloads: Sequence[Mapping[str, Any]],
     now: float,
 ) -> Recorded:
-    """Add validated payloads received at ``now`` to their window.
+    """Add validated payloads received at ``now`` to their window, all or none.
 
-    One script call per shard: a single payload is one round trip; a batch
-    spanning shards is one MULTI/EXEC, so all of it lands or none does.
-    Raises redis.RedisError if Redis fails.
+    Raises redis.RedisError if Redis fails (then nothing was written).
     """
-    keys = Keys(config.key_prefix)
-    length = config.window_seconds
-    k = window_index(now, length)
-    head = [k, token_memory_ttl(k, now, length), config.dedup_windows]
-    short_below = config.window_ms
-    by_shard: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
-    for p in payloads:
-        by_shard[k_.shard_of(p["token"], config.shards)].append(p)
+    return record_entries(redis, scripts, config, [Entry(payloads, now)])[0]
 
-    calls = []
-    for shard, items in by_shard.items():
-        script_keys: list[Any] = [
-            keys.windows(shard),
-            keys.index(shard, k),
-            keys.tokens(shard, k),
-            keys.tokens(shard, k - 1),
-            keys.tokens(shard, k - 2),
-        ]
-        args: list[Any] = list(head)
-        for p in items:
+
+def record_entries(
+    redis: Redis, scripts: Scripts, config: Config, entries: Sequence[Entry]
+) -> list[Recorded]:
+    """Add several requests' payloads in ONE script call; what each request did.
+
+    The call is atomic: all the entries are written or, when Redis fails
+    (redis.RedisError is raised), none.
+    """
+    keys, args, spans = _call(config, entries)
+    outcomes = scripts.ingest(keys=keys, args=args)
+    return [Recorded.from_outcomes(outcomes[start:end]) for start, end in spans]
+
+
+def _call(
+    config: Config, entries: Sequence[Entry]
+) -> tuple[list[Any], list[Any], list[tuple[int, int]]]:
+    """KEYS and ARGV of one INGEST call (its contract is in lua/ingest.lua), and
+    each entry's [start, end) among the payloads."""
+    names = Keys(config.key_prefix)
+    length = config.window_seconds
+    short_below = config.window_ms
+    groups: dict[tuple[int, int], int] = {}  # (k, shard) -> group number, from 1
+    group_keys: list[Any] = []
+    group_args: list[Any] = []
+    counter_keys: list[Any] = []
+    payload_args: list[Any] = []
+    spans = []
+    # Entries come in arrival order; the earliest time of a group gives its
+    # session memory the longest TTL, which is the safe side.
+    for entry in entries:
+        k = window_index(entry.now, length)
+        start = len(counter_keys)
+        for p in entry.payloads:
+            shard = k_.shard_of(p["token"], config.shards)
+            g = groups.get((k, shard))
+            if g is None:
+                g = groups[(k, shard)] = len(groups) + 1
+                group_keys += (
+                    names.windows(shard),
+                    names.index(shard, k),
+                    names.tokens(shard, k + 1),
+                    names.tokens(shard, k),
+                    names.tokens(shard, k - 1),
+                    names.tokens(shard, k - 2),
+                )
+                group_args += (k, token_memory_ttl(k, entry.now, length))
             ident = k_.encode_ident(p["customer"], p["content"])
-            script_keys.append(keys.counters(shard, k, ident))
             cdn, p2p, duration = p["cdn"], p["p2p"], p["sessionDuration"]
-            args += (
+            counter_keys.append(names.counters(shard, k, ident))
+            payload_args += (
+                g,
                 ident,
-                k_.token_key(p["token"]),
+                k_.session_key(ident, p["token"]),
                 cdn,
                 p2p,
+                p["timespan"],
                 "1" if duration < short_below else "0",
                 "1" if cdn + p2p == 0 else "0",
                 duration,
             )
-        calls.append((script_keys, args))
-
-    if len(calls) == 1:
-        results = [scripts.ingest(keys=calls[0][0], args=calls[0][1])]
-    else:
-        pipe = redis.pipeline(transaction=True)
-        for script_keys, args in calls:
-            scripts.ingest(keys=script_keys, args=args, client=pipe)
-        results = pipe.execute()
-    sessions = sum(int(r[0]) for r in results)
-    duplicates = sum(int(r[1]) for r in results)
-    return Recorded(len(payloads) - duplicates, duplicates, sessions)
+        spans.append((start, len(counter_keys)))
+    head = [config.dedup_windows, config.retry_memory_bytes, len(groups), length]
+    return group_keys + counter_keys, head + group_args + payload_args, spans

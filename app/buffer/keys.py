@@ -8,14 +8,15 @@ Layout, with ``P`` the key prefix, ``s`` the shard, ``k`` the window index::
 
     P:{s}:windows                zset  windows with live data in the shard (score k)
     P:{s}:w:k:idx                list  idents of the window's live counter hashes
-    P:{s}:w:k:c:IDENT            hash  live counters (fields below)
-    P:{s}:t:k                    hash  token memory: token key -> "1" seen, "2" session started
-                                       (then the retry record, see lua/ingest.lua)
+    P:{s}:w:k:c:IDENT            hash  live counters (fields: buffer/counters.py)
+    P:{s}:t:k                    hash  session memory: session key -> "1" seen, "2" session
+                                       started (then the retry record, see lua/ingest.lua)
     P:{s}:snaps                  hash  pending snapshots: "FLUSHID:k" -> k
     P:{s}:x:FLUSHID:k:list       list  idents of a frozen snapshot
     P:{s}:x:FLUSHID:k:c:IDENT    hash  frozen counters
     P:lock:flush                       the flusher's lock
     P:flush:stats                hash  flush counters for /metrics
+    P:deployment                 hash  the recorded window_seconds and shards (app/deployment.py)
 
 ``IDENT`` encodes a (customer, content) pair as ``<n>:<customer>:<content>``
 where ``n`` is the UTF-8 byte length of the customer: the length prefix keeps
@@ -27,27 +28,22 @@ from __future__ import annotations
 import hashlib
 import zlib
 
-# Fields of a counter hash. One byte each: a counter hash exists per window,
-# shard, customer and content, so field names are paid for millions of times.
-CDN = b"c"
-P2P = b"p"
-SESSIONS = b"s"
-PAYLOADS = b"n"
-COUNTER_FIELDS = (CDN, P2P, SESSIONS, PAYLOADS)
-
 
 def shard_of(token: str, shards: int) -> int:
     """The shard of a session token: stable across processes and hosts."""
     return zlib.crc32(token.encode("utf-8")) % shards
 
 
-def token_key(token: str) -> bytes:
-    """The token as token memory holds it: a 96-bit BLAKE2b digest.
+def session_key(ident: bytes, token: str) -> bytes:
+    """A session as session memory holds it: a 96-bit BLAKE2b digest of its
+    (customer, content, token), so that a device can only ever touch its own
+    session (docs/retries.md, "Isolation between devices").
 
-    12 bytes instead of up to 128 characters per remembered session; two of
-    the tokens alive in one shard colliding is a 1-in-10^17 event.
+    12 bytes instead of up to 640 characters per remembered session; two of
+    the sessions alive in one shard colliding is a 1-in-10^17 event. The
+    newline cannot occur in a customer or content name (docs/payload.md).
     """
-    return hashlib.blake2b(token.encode("utf-8"), digest_size=12).digest()
+    return hashlib.blake2b(ident + b"\n" + token.encode("utf-8"), digest_size=12).digest()
 
 
 def encode_ident(customer: str, content: str) -> bytes:
@@ -101,3 +97,6 @@ class Keys:
 
     def flush_stats(self) -> str:
         return f"{self.prefix}:flush:stats"
+
+    def deployment(self) -> str:
+        return f"{self.prefix}:deployment"

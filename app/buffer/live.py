@@ -9,7 +9,9 @@ from redis import Redis
 
 from ..config import Config
 from ..windows import window_end
+from . import counters
 from . import keys as k_
+from .counters import Counters
 from .keys import Keys
 from .snapshots import Snapshot
 
@@ -29,6 +31,7 @@ class LiveRow:
     p2p: int
     sessions: int
     payloads: int
+    watch_ms: int = 0
 
     @property
     def p2p_share(self) -> float | None:
@@ -79,29 +82,26 @@ def live_rows(
         for ident in idents:
             cu, co = k_.decode_ident(ident)
             if (customer is None or cu == customer) and (content is None or co == content):
-                pipe.hmget(keys.counters(shard, k, ident), k_.COUNTER_FIELDS)
+                pipe.hgetall(keys.counters(shard, k, ident))
                 if flush_id is not None:
-                    pipe.hmget(keys.snapshot_counters(shard, flush_id, k, ident), k_.COUNTER_FIELDS)
+                    pipe.hgetall(keys.snapshot_counters(shard, flush_id, k, ident))
     replies = iter(pipe.execute())
-    sums: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    sums: dict[tuple[int, str, str], Counters] = defaultdict(Counters)
     for (_, k, flush_id), idents in zip(sources, members, strict=True):
         for ident in idents:
             cu, co = k_.decode_ident(ident)
             if not ((customer is None or cu == customer) and (content is None or co == content)):
                 continue
-            values = next(replies)
+            fields = next(replies)
             if flush_id is not None:
                 frozen = next(replies)
-                if frozen[3] is not None:
-                    values = frozen
-            total = sums[(k, cu, co)]
-            for i, v in enumerate(values):
-                if v is not None:
-                    total[i] += int(v)
+                if frozen:
+                    fields = frozen
+            sums[(k, cu, co)] += counters.from_fields(fields)
     length = config.window_seconds
     rows = [
-        LiveRow(window_end(k, length), cu, co, *total)
-        for (k, cu, co), total in sums.items()
-        if total[3]  # a key moved away by a flush mid-read: not a row
+        LiveRow(window_end(k, length), cu, co, t.cdn, t.p2p, t.sessions, t.payloads, t.watch_ms)
+        for (k, cu, co), t in sums.items()
+        if t.payloads  # a key moved away by a flush mid-read: not a row
     ]
     return sorted(rows, key=lambda r: (r.time, r.customer, r.content))

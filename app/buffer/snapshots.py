@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis import Redis
 
 from ..config import Config
+from . import counters
 from . import keys as k_
 from .keys import Keys
 from .scripts import Scripts
@@ -43,14 +45,28 @@ class Snapshot:
         return cls(k=int(k), shard=shard, flush_id=flush_id)
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
+    """A snapshot's counters of one (customer, content): what the flush stages.
+
+    A tuple rather than a dataclass: a window may hold a million of them.
+    """
+
     customer: str
     content: str
     cdn: int
     p2p: int
     sessions: int
     payloads: int
+    watch_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A counter hash of a snapshot that does not read as a row: kept, not dropped."""
+
+    ident: bytes
+    fields: dict[bytes, bytes]
+    reason: str
 
 
 def closed_windows(redis: Redis, config: Config, shard: int, last_closed: int) -> list[int]:
@@ -113,10 +129,12 @@ def _batches(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[
 
 def read_snapshot(
     redis: Redis, config: Config, snapshot: Snapshot, scripts: Scripts | None = None
-) -> Iterator[list[Row]]:
+) -> Iterator[list[Row | Unreadable]]:
     """The snapshot's rows, in batches of at most ``config.flush_batch_size``.
 
-    Each batch first completes the freeze of its counter hashes (COLLECT).
+    Each batch first completes the freeze of its counter hashes (COLLECT). A
+    hash that does not read as a row (a damaged name or value) comes out as
+    :class:`Unreadable`, for the flusher to isolate.
     """
     scripts = scripts or Scripts(redis)
     keys = Keys(config.key_prefix)
@@ -125,23 +143,33 @@ def read_snapshot(
         live = [keys.counters(s, k, ident) for ident in idents]
         frozen = [keys.snapshot_counters(s, f, k, ident) for ident in idents]
         values = scripts.collect(keys=live + frozen, args=[len(idents)])
-        rows = []
-        for ident, flat in zip(idents, values, strict=True):
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
-            if not fields:
-                continue
-            customer, content = k_.decode_ident(ident)
-            rows.append(
-                Row(
-                    customer,
-                    content,
-                    int(fields.get(k_.CDN, 0)),
-                    int(fields.get(k_.P2P, 0)),
-                    int(fields.get(k_.SESSIONS, 0)),
-                    int(fields.get(k_.PAYLOADS, 0)),
-                )
-            )
+        rows: list[Row | Unreadable] = []
+        for ident, found in zip(idents, values, strict=True):
+            if found[0] == b"*":
+                rows.append(_spilled(ident, dict(zip(found[1::2], found[2::2], strict=True))))
+            elif found[3] is not None:  # payloads: the hash exists
+                rows.append(_row(ident, found))
         yield rows
+
+
+def _row(ident: bytes, found: list[bytes | None]) -> Row | Unreadable:
+    try:
+        customer, content = k_.decode_ident(ident)
+        cdn, p2p, sessions, payloads, watch = (int(v) if v else 0 for v in found)
+    except (ValueError, UnicodeDecodeError) as exc:
+        fields = {f: v for f, v in zip(b"cpsnw", found, strict=True) if v is not None}
+        return Unreadable(ident, {bytes([f]): v for f, v in fields.items()}, str(exc))
+    return Row(customer, content, cdn, p2p, sessions, payloads, watch)
+
+
+def _spilled(ident: bytes, fields: dict[bytes, bytes]) -> Row | Unreadable:
+    """A hash whose counters went on in spill fields: summed exactly."""
+    try:
+        customer, content = k_.decode_ident(ident)
+        c = counters.from_fields(fields)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Unreadable(ident, fields, str(exc))
+    return Row(customer, content, c.cdn, c.p2p, c.sessions, c.payloads, c.watch_ms)
 
 
 def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
@@ -150,8 +178,10 @@ def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
     s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
     for idents in _batches(redis, config, snapshot):
         redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
-    # The record goes last: while it exists, a crash here is re-driven.
-    pipe = redis.pipeline(transaction=True)
+    # The record goes last: while it exists, a crash here is re-driven. No
+    # MULTI: a Redis at maxmemory refuses every command queued in one, and this
+    # is how a full Redis gets its memory back.
+    pipe = redis.pipeline(transaction=False)
     pipe.delete(keys.snapshot_list(s, f, k))
     pipe.hdel(keys.snapshots(s), snapshot.field)
     pipe.execute()

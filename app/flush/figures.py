@@ -16,7 +16,13 @@ from ..config import Config
 
 
 def record_flush(
-    redis: Redis, config: Config, *, ok: bool, rows: int = 0, duration: float = 0.0
+    redis: Redis,
+    config: Config,
+    *,
+    ok: bool,
+    rows: int = 0,
+    duration: float = 0.0,
+    quarantined: int = 0,
 ) -> None:
     """Count one scheduled run; never raises (figures are best effort)."""
     name = Keys(config.key_prefix).flush_stats()
@@ -25,7 +31,14 @@ def record_flush(
         pipe.hincrby(name, "runs" if ok else "failures", 1)
         if ok:
             pipe.hincrby(name, "rows", rows)
-            pipe.hset(name, mapping={"last_duration": duration, "last_success": time.time()})
+            pipe.hset(
+                name,
+                mapping={
+                    "last_duration": duration,
+                    "last_success": time.time(),
+                    "quarantined": quarantined,
+                },
+            )
         pipe.execute()
     except RedisError:
         pass

@@ -23,7 +23,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from psycopg2.pool import ThreadedConnectionPool
@@ -31,12 +31,13 @@ from redis import Redis
 
 from ..buffer import snapshots
 from ..buffer.scripts import Scripts
-from ..buffer.snapshots import Snapshot
+from ..buffer.snapshots import Row, Snapshot
 from ..config import Config
 from ..postgres import writes
 from ..postgres.pool import connection
 from ..windows import last_closed_window, window_end, window_end_datetime
 from .failpoints import Failpoint, no_failpoint
+from .prefetch import prefetched
 
 logger = logging.getLogger(__name__)
 
@@ -137,21 +138,34 @@ def _write_window(
     failpoint: Failpoint,
     on_progress: Callable[[], None],
 ) -> writes.Written:
-    """One transaction: claim the snapshots, stage their rows, upsert, commit."""
+    """One transaction: claim the snapshots, stage their rows, upsert, commit.
+
+    What cannot go into ``stats`` is isolated in the same transaction, so one
+    bad key never blocks the window, nor the windows after it.
+    """
     end = window_end_datetime(k, config.window_seconds)
     with conn:  # commits on success, rolls back on any exception
         owned = writes.claim(conn, end, window_snapshots)
         if not owned:
             return writes.Written()
         writes.start_staging(conn)
-        for snap in window_snapshots:
-            if snap.id not in owned:
-                continue
-            for rows in snapshots.read_snapshot(redis, config, snap, scripts):
-                writes.stage(conn, rows)
-                failpoint("mid_batch")
-                on_progress()
-        return writes.upsert(conn, end)
+        isolated = []
+        reads = (
+            batch
+            for snap in window_snapshots
+            if snap.id in owned
+            for batch in snapshots.read_snapshot(redis, config, snap, scripts)
+        )
+        for batch in prefetched(reads):
+            rows = [r for r in batch if isinstance(r, Row) and writes.fits(r)]
+            if len(rows) < len(batch):
+                isolated += (r for r in batch if not (isinstance(r, Row) and writes.fits(r)))
+            writes.stage(conn, rows)
+            failpoint("mid_batch")
+            on_progress()
+        quarantined = writes.isolate(conn, end, isolated, owned)
+        written = writes.upsert(conn, end, owned)
+        return replace(written, quarantined=written.quarantined + quarantined)
 
 
 def _log(report: FlushReport) -> None:
@@ -168,6 +182,8 @@ def _log(report: FlushReport) -> None:
             "p2p": report.total("p2p"),
             "sessions": report.total("sessions"),
             "payloads": report.total("payloads"),
+            "watch_ms": report.total("watch_ms"),
+            "quarantined": report.total("quarantined"),
             "duration_ms": round(report.duration_seconds * 1000),
             "lag_s": max(w.lag_seconds for w in report.windows),
         },

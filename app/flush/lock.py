@@ -7,11 +7,13 @@ import time
 
 from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, RedisError, ResponseError
 
 from ..buffer.keys import Keys
+from ..buffer.memory import is_out_of_memory
 from ..buffer.scripts import Scripts
 from ..config import Config
+from ..logs import one_line
 from .failpoints import Failpoint, no_failpoint
 from .flusher import Clock, FlushReport, flush_once
 
@@ -41,7 +43,16 @@ def flush_with_lock(
         blocking_timeout=wait_seconds or None,
         thread_local=False,
     )
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # A full Redis refuses the lock's SET, yet only a flush frees memory: go
+        # on without it (docs/exactly-once.md, "The lock only saves work").
+        logger.warning("flush_lock_unavailable", extra={"reason": one_line(exc)})
+        return flush_once(redis, pool, config, clock, scripts=scripts, failpoint=failpoint)
+    if not acquired:
         logger.info("flush_skipped", extra={"reason": "lock held by another flusher"})
         return None
     lost = False

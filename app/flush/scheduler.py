@@ -19,10 +19,12 @@ from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
 from redis.exceptions import RedisError
 
+from .. import deployment
 from ..buffer.scripts import Scripts
 from ..config import Config
 from ..logs import one_line
 from ..postgres.migrations import migrate
+from ..postgres.quarantine import count_unresolved
 from . import retention
 from .failpoints import Failpoint, no_failpoint
 from .figures import record_flush
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 class FlushJob:
-    """One scheduled run: make sure the schema exists, then flush under the lock.
+    """One scheduled run: make sure the schema exists and the settings are the
+    deployment's, then flush under the lock.
 
     Failures are logged and retried at the next run; Redis keeps the data.
     """
@@ -59,6 +62,8 @@ class FlushJob:
             if not self.schema_ready:
                 migrate(self.pool)
                 self.schema_ready = True
+            # Every run: another process may have recorded settings since.
+            deployment.check(self.redis, self.pool, self.config)
             report = flush_with_lock(
                 self.redis,
                 self.pool,
@@ -67,7 +72,8 @@ class FlushJob:
                 scripts=self.scripts,
                 failpoint=self.failpoint,
             )
-        except (psycopg2.Error, RedisError) as exc:
+            isolated = count_unresolved(self.pool)
+        except (psycopg2.Error, RedisError, deployment.DeploymentError) as exc:
             logger.error("flush_failed", extra={"reason": one_line(exc)})
             record_flush(self.redis, self.config, ok=False)
         except Exception:
@@ -81,6 +87,7 @@ class FlushJob:
                     ok=True,
                     rows=report.rows,
                     duration=report.duration_seconds,
+                    quarantined=isolated,
                 )
 
 

@@ -10,9 +10,10 @@ import orjson
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..web.errors import InvalidGzip, InvalidJSON, UnsupportedEncoding
+from ..web.errors import InvalidGzip, InvalidJSON, UnsupportedEncoding, UnsupportedMediaType
 from .schema import PAYLOAD_FIELDS
 
+JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 # Integers longer than this are out of every field's range anyway; mapping
@@ -23,13 +24,36 @@ _HUGE = 10**_MAX_INT_DIGITS
 _QUOTED_FIELDS = tuple((name, f'"{name}"'.encode()) for name in PAYLOAD_FIELDS)
 
 
+# What devices send, checked without parsing the header.
+_PLAIN_JSON = frozenset(
+    ("application/json", "application/json; charset=utf-8", "application/json;charset=UTF-8",
+     "application/json; charset=UTF-8", "application/json;charset=utf-8")
+)  # fmt: skip
+
+
+def check_content_type(request: Request, accepted: tuple[str, ...]) -> None:
+    """Raise UnsupportedMediaType (415) unless the body is one of ``accepted``
+    types in UTF-8. No Content-Type at all is read as JSON: some players omit it."""
+    if request.environ.get("CONTENT_TYPE") in _PLAIN_JSON:
+        return
+    if request.mimetype and request.mimetype not in accepted:
+        raise UnsupportedMediaType(
+            f"Content-Type {request.mimetype!r} is not accepted here; send "
+            f"{' or '.join(accepted[:2])}.",
+        )
+    charset = request.mimetype_params.get("charset", "utf-8").strip().lower()
+    if charset not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType(f"charset {charset!r} is not accepted; send UTF-8.")
+
+
 def read_body(request: Request, limit: int) -> bytes:
     """The request body, decompressed, at most ``limit`` bytes either way.
 
     Raises RequestEntityTooLarge (413) past the limit, before or after
-    decompression; UnsupportedEncoding (415); InvalidGzip for a bad gzip stream.
+    decompression, with or without a Content-Length; UnsupportedEncoding (415);
+    InvalidGzip for a bad gzip stream.
     """
-    data = request.get_data(cache=False)
+    data = _read_raw(request, limit)
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return data
@@ -38,6 +62,22 @@ def read_body(request: Request, limit: int) -> bytes:
     raise UnsupportedEncoding(
         f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
     )
+
+
+def _read_raw(request: Request, limit: int) -> bytes:
+    if request.content_length is not None or "wsgi.input_terminated" not in request.environ:
+        # Werkzeug answered 413 for a Content-Length past the limit; without one
+        # and without a server that ends the stream, it reads nothing.
+        return request.get_data(cache=False)
+    # A chunked body: Werkzeug would stop reading at the limit and hand over a
+    # truncated body as if it were whole, so read the server's stream here.
+    stream = request.environ["wsgi.input"]
+    data = bytearray()
+    while chunk := stream.read(min(64 * 1024, limit + 1 - len(data))):
+        data += chunk
+        if len(data) > limit:
+            raise RequestEntityTooLarge(f"The body is larger than {limit} bytes.")
+    return bytes(data)
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -86,6 +126,11 @@ def _may_repeat_fields(data: bytes, value: Any) -> bool:
     """
     if b"\\u" in data:
         return True
+    if type(value) is dict:  # one payload: the common case, without a generator
+        for name, quoted in _QUOTED_FIELDS:
+            if data.count(quoted) != (name in value):
+                return True
+        return False
     items = value if isinstance(value, list) else [value]
     for name, quoted in _QUOTED_FIELDS:
         present = sum(1 for item in items if type(item) is dict and name in item)

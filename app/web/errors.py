@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ class InvalidGzip(APIError):
 class UnsupportedEncoding(APIError):
     status = 415
     code = "unsupported_encoding"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class FieldErrors(APIError):
@@ -89,10 +94,22 @@ class InvalidParameter(FieldErrors):
 class Unavailable(APIError):
     status = 503
     code = "unavailable"
+    retry_after = 1
+
+
+class BufferFull(Unavailable):
+    """Redis reached its memory limit: nothing was written; the flush frees room
+    once the window closes (docs/deployment.md, "Redis memory")."""
+
+    code = "buffer_full"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
-    g.error_code = body["error"]  # the reason label of the rejection metric
+    request.environ["payload_stats.error"] = body["error"]  # the rejection metric's reason
     response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
@@ -101,8 +118,8 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 
 def handle_api_error(exc: APIError) -> Response:
     headers = None
-    if exc.status == 503:
-        headers = {"Retry-After": "1"}
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
     elif exc.status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="payload-stats"'}
     return _json(exc.body(), exc.status, headers)

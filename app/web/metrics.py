@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ..buffer.memory import SAFE_POLICY, MemoryState, memory_state
 from ..buffer.snapshots import buffered_windows
 from ..config import Config
 from ..flush.figures import read_figures
@@ -58,6 +59,11 @@ class Metrics:
         self.duplicates = Counter(
             "payload_stats_payloads_duplicate_total",
             "Retried payloads answered without counting them again.",
+            registry=self.registry,
+        )
+        self.unprotected = Counter(
+            "payload_stats_payloads_unprotected_total",
+            "Payloads counted past their session's retry-memory bound (docs/retries.md).",
             registry=self.registry,
         )
         self.rejected = Counter(
@@ -110,6 +116,7 @@ class FlushCollector:
         try:
             figures = read_figures(self.redis, self.config)
             pending = buffered_windows(self.redis, self.config)
+            memory = memory_state(self.redis)
         except RedisError:
             up = GaugeMetricFamily("payload_stats_redis_up", "Redis answered the scrape.")
             up.add_metric([], 0)
@@ -119,6 +126,13 @@ class FlushCollector:
         up.add_metric([], 1)
         yield up
 
+        yield from _memory_families(memory)
+        quarantined = GaugeMetricFamily(
+            "payload_stats_quarantined_rows",
+            "Rows the flush isolated, waiting for an operator (payload-stats quarantine).",
+        )
+        quarantined.add_metric([], figures.get("quarantined", 0.0))
+        yield quarantined
         for name, field, text in (
             ("payload_stats_flush_runs", "runs", "Flush runs that succeeded."),
             ("payload_stats_flush_failures", "failures", "Flush runs that failed."),
@@ -172,3 +186,26 @@ def get_metrics():
     require_bearer(services.config.api_token)
     body = exposition(services.metrics, services.redis, services.config, services.clock)
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
+
+
+def _memory_families(state: MemoryState) -> Iterator:
+    used = GaugeMetricFamily("payload_stats_redis_memory_used_bytes", "Redis used_memory.")
+    used.add_metric([], state.used_bytes)
+    yield used
+    limit = GaugeMetricFamily(
+        "payload_stats_redis_memory_max_bytes", "Redis maxmemory (0: no limit)."
+    )
+    limit.add_metric([], state.max_bytes)
+    yield limit
+    if state.used_ratio is not None:
+        ratio = GaugeMetricFamily(
+            "payload_stats_redis_memory_used_ratio",
+            "used / maxmemory: ingest answers 503 buffer_full at 1 (docs/deployment.md).",
+        )
+        ratio.add_metric([], state.used_ratio)
+        yield ratio
+    safe = GaugeMetricFamily(
+        "payload_stats_redis_eviction_safe", "1 when maxmemory-policy is noeviction."
+    )
+    safe.add_metric([], 1.0 if state.policy == SAFE_POLICY else 0.0)
+    yield safe

@@ -141,7 +141,7 @@ def test_a_batch_of_1000_is_accepted(send, redis, pool, config, model):
     assert (
         stats_table(pool)
         == model.rows()
-        == {(END, "acme", "movie-1"): Row(499500, 1000, 1000, 1000)}
+        == {(END, "acme", "movie-1"): Row(499500, 1000, 1000, 1000, 30_000_000)}
     )
 
 
@@ -341,7 +341,11 @@ def test_a_gzip_single_payload_is_accepted(send, redis, pool, config, model, enc
     send([p], data, encoding=encoding, path="/stats")
 
     flush_until(redis, pool, config, END)
-    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(12345, 678, 1, 1)}
+    assert (
+        stats_table(pool)
+        == model.rows()
+        == {(END, "acme", "movie-1"): Row(12345, 678, 1, 1, 30_000)}
+    )
 
 
 def test_gzip_batches_are_accepted(send, redis, pool, config, model):
@@ -448,7 +452,7 @@ def test_a_decompressed_body_at_the_limit_is_accepted_one_byte_more_is_not(
 
     send(items, gzip.compress(_padded(limit, items)), encoding="gzip")
     flush_until(redis, pool, config, END)
-    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(1, 2, 1, 1)}
+    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(1, 2, 1, 1, 30_000)}
 
 
 def test_a_body_over_the_limit_gets_413_plain_or_gzip_however_small(
@@ -490,8 +494,8 @@ def test_a_retry_counts_nothing_in_a_batch_across_batches_and_single_posts(
 
     flush_until(redis, pool, config, END)
     assert stats_table(pool) == model.rows()
-    assert model.rows()[(END, "acme", "movie-1")] == Row(3, 30, 2, 3)  # p1, p2, zero
-    assert model.rows()[(END, "acme", "other")] == Row(4, 40, 1, 1)  # p3
+    assert model.rows()[(END, "acme", "movie-1")] == Row(3, 30, 2, 3, 90_000)  # p1, p2, zero
+    assert model.rows()[(END, "acme", "other")] == Row(4, 40, 1, 1, 30_000)  # p3
 
 
 def test_a_retry_of_a_payload_flushed_already_counts_nothing(
@@ -506,7 +510,7 @@ def test_a_retry_of_a_payload_flushed_already_counts_nothing(
     assert send([p], path="/stats") == {"accepted": 0, "duplicates": 1}
     assert send([p, p]) == {"accepted": 0, "duplicates": 2}
     flush_until(redis, pool, config, END + L)
-    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(7, 3, 1, 1)}
+    assert stats_table(pool) == model.rows() == {(END, "acme", "movie-1"): Row(7, 3, 1, 1, 30_000)}
 
 
 @pytest.mark.parametrize(("dedup_seconds", "counted"), [(None, 1), (L, 2), (0, 5)])
@@ -555,7 +559,7 @@ def test_one_token_flooding_a_window_is_still_answered(redis, pool, config, cloc
 
     assert answers == [(200, {"accepted": 1000, "duplicates": 0})] * 12
     flush_until(redis, pool, cfg, END)
-    assert stats_table(pool) == {(END, "acme", "movie-1"): Row(12_000, 0, 0, 12_000)}
+    assert stats_table(pool) == {(END, "acme", "movie-1"): Row(12_000, 0, 0, 12_000, 360_000_000)}
 
 
 # --- shards and Redis outages --------------------------------------------------------

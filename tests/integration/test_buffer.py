@@ -35,7 +35,7 @@ from redis import Redis
 from payload_stats.buffer import ingest, snapshots
 from payload_stats.buffer.connection import redis_client
 from payload_stats.buffer.ingest import Recorded
-from payload_stats.buffer.keys import Keys, shard_of, token_key
+from payload_stats.buffer.keys import Keys, encode_ident, session_key, shard_of
 from payload_stats.buffer.scripts import Scripts
 from payload_stats.buffer.snapshots import Row as SnapshotRow
 from payload_stats.buffer.snapshots import Snapshot
@@ -166,11 +166,12 @@ def keys_of(redis, config: Config, pattern: str = "*") -> list[bytes]:
     return sorted(set(redis.scan_iter(match=f"{config.key_prefix}:{pattern}", count=1000)))
 
 
-def memory(redis, config: Config, token: str, k: int) -> bytes | None:
-    """The token's memory value in window ``k``'s token hash."""
-    return redis.hget(
-        Keys(config.key_prefix).tokens(shard_of(token, config.shards), k), token_key(token)
-    )
+def memory(
+    redis, config: Config, token: str, k: int, customer: str = "acme", content: str = "movie-1"
+) -> bytes | None:
+    """The memory value of (customer, content, token) in window ``k``'s token hash."""
+    key = session_key(encode_ident(customer, content), token)
+    return redis.hget(Keys(config.key_prefix).tokens(shard_of(token, config.shards), k), key)
 
 
 def groups(value: bytes) -> dict[int, list[int]]:
@@ -294,14 +295,11 @@ def test_a_seen_token_that_never_started_starts_with_a_zero_byte_payload(
     clock.advance(30)
     assert send(zero("t", sessionDuration=L * 1000)).sessions == 0  # not short
     clock.advance(30)
-    assert send(zero("t", customer="late", content="c")).sessions == 1
+    assert send(zero("t")).sessions == 1
     clock.advance(30)
     assert send(zero("t")).sessions == 0
 
-    assert flush(K) == {
-        ("acme", "movie-1"): Row(250, 100, 0, 3),
-        ("late", "c"): Row(0, 0, 1, 1),
-    }
+    assert flush(K) == {("acme", "movie-1"): Row(250, 100, 1, 4)}
 
 
 def test_the_same_token_thrice_in_one_call_starts_one_session(send, flush) -> None:
@@ -398,7 +396,7 @@ def test_token_memory_lives_until_2L_after_its_window(
     send(zero("t"))
 
     key = Keys(config.key_prefix).tokens(shard_of("t", config.shards), K)
-    assert redis.hget(key, token_key("t"))[:1] == b"2"
+    assert redis.hget(key, session_key(encode_ident("acme", "movie-1"), "t"))[:1] == b"2"
     # (K+3)L + 1 s: the 2L after the latest instant of window K, plus a second.
     assert ttl_ms - 2_000 < redis.pttl(key) <= ttl_ms
 
@@ -528,7 +526,11 @@ def test_the_duration_record_holds_only_the_last_three_windows(redis, config, se
             assert value == expected.encode()
         # the token is held in one window's hash only
         holders = [
-            j for j in range(K - 3, k + 1) if redis.hexists(keys.tokens(shard, j), token_key("t"))
+            j
+            for j in range(K - 3, k + 1)
+            if redis.hexists(
+                keys.tokens(shard, j), session_key(encode_ident("acme", "movie-1"), "t")
+            )
         ]
         assert holders == [k]
 
@@ -566,7 +568,7 @@ def test_freeze_moves_the_window_into_a_snapshot(redis, scripts, config, send) -
     assert snapshots.closed_windows(redis, config, shard, K) == []
     assert snapshots.pending_snapshots(redis, config) == [snapshot]
     rows = [row for batch in snapshots.read_snapshot(redis, config, snapshot) for row in batch]
-    assert SnapshotRow("acme", "movie-1", 250, 100, 1, 1) in rows
+    assert SnapshotRow("acme", "movie-1", 250, 100, 1, 1, 30000) in rows
     assert len(rows) == expected
 
 
@@ -605,14 +607,14 @@ def test_stragglers_join_the_snapshot_until_collected_then_go_to_fresh_keys(
     send(payload(token="t", cdn=10, p2p=20))
     assert snapshots.closed_windows(redis, config, shard, K) == []
     assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
-        [SnapshotRow("acme", "movie-1", 11, 22, 1, 2)]
+        [SnapshotRow("acme", "movie-1", 11, 22, 1, 2, 60000)]
     ]
     # Once collected, a later straggler starts a fresh live hash and index.
     send(payload(token="t", cdn=100, p2p=200))
     assert snapshots.closed_windows(redis, config, shard, K) == [K]
     assert flush(K) == {("acme", "movie-1"): Row(100, 200, 0, 1)}
     assert [list(b) for b in snapshots.read_snapshot(redis, config, first)] == [
-        [SnapshotRow("acme", "movie-1", 11, 22, 1, 2)]
+        [SnapshotRow("acme", "movie-1", 11, 22, 1, 2, 60000)]
     ]
     assert snapshots.pending_snapshots(redis, config) == [first]  # untouched until released
 
@@ -633,7 +635,8 @@ def test_read_snapshot_yields_batches_of_flush_batch_size(
     assert [(r.content, r.cdn, r.p2p, r.payloads) for r in rows] == [
         (f"m{i}", i, 100, 1) for i in range(contents)
     ]
-    assert sum(r.sessions for r in rows) == 1  # one token, one session
+    # One token under several contents: one session each (docs/sessions.md).
+    assert [r.sessions for r in rows] == [1] * contents
 
 
 def test_release_deletes_the_snapshot_and_keeps_token_memory(redis, scripts, config, send) -> None:
@@ -650,7 +653,7 @@ def test_release_deletes_the_snapshot_and_keeps_token_memory(redis, scripts, con
     assert not redis.hexists(Keys(config.key_prefix).snapshots(shard), snapshot.field)
     assert snapshots.pending_snapshots(redis, config) == []
     assert list(snapshots.read_snapshot(redis, config, snapshot)) == []
-    assert memory(redis, config, "t", K)[:1] == b"2"  # token memory is not the snapshot's
+    assert memory(redis, config, "t", K, content="m0")[:1] == b"2"  # not the snapshot's
     snapshots.release(redis, config, snapshot)  # idempotent
     assert keys_of(redis, config) == [tokens.encode()]
 

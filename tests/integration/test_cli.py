@@ -49,7 +49,7 @@ FAILPOINT_EXIT_CODE = 17
 SUMMARY = re.compile(r"flushed (\d+) window\(s\), (\d+) row\(s\) in \d+\.\d{3}s \(flush \S+\)")
 WINDOW_LINE = re.compile(
     r"  (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)  rows=(\d+) cdn=(\d+) p2p=(\d+) "
-    r"sessions=(\d+) payloads=(\d+) lag=-?\d+\.\ds"
+    r"sessions=(\d+) payloads=(\d+) watch_ms=(\d+) lag=-?\d+\.\ds"
 )
 
 
@@ -71,7 +71,7 @@ def parse_summary(stdout: str) -> dict[int, dict[str, int]]:
         end = datetime.strptime(m[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
         windows[int(end.timestamp())] = dict(
             zip(
-                ("rows", "cdn", "p2p", "sessions", "payloads"),
+                ("rows", "cdn", "p2p", "sessions", "payloads", "watch_ms"),
                 map(int, m.groups()[1:]),
                 strict=True,
             )
@@ -369,9 +369,9 @@ def test_serve_end_to_end(pool, cli_config, tmp_path):
         assert answer == {"accepted": 0, "duplicates": 1}
         end = model.ends()[0]
         assert model.rows() == {
-            (end, "acme-tv", "live/channel-1"): Row(1048577 + 10, 5242882 + 20, 1, 3),
-            (end, "acme-tv", "vod/a:b"): Row(0, 0, 1, 1),
-            (end, "other", "live/channel-1"): Row(10**12, 10**12, 1, 1),
+            (end, "acme-tv", "live/channel-1"): Row(1048577 + 10, 5242882 + 20, 1, 3, 90_000),
+            (end, "acme-tv", "vod/a:b"): Row(0, 0, 1, 1, 30_000),
+            (end, "other", "live/channel-1"): Row(10**12, 10**12, 1, 1, 30_000),
         }
 
         deadline = time.monotonic() + (end + 10 - time.time())

@@ -59,6 +59,7 @@ def report_totals(report: FlushReport) -> dict[int, dict[str, int]]:
             "p2p": w.written.p2p,
             "sessions": w.written.sessions,
             "payloads": w.written.payloads,
+            "watch_ms": w.written.watch_ms,
         }
         for w in report.windows
     }
@@ -123,9 +124,9 @@ def test_nothing_before_end_plus_grace_everything_at_it(client, redis, pool, con
         stats_table(pool)
         == model.rows(until_end=end)
         == {
-            (end, "acme", "movie-1"): Row(1500, 10, 1, 2),
-            (end, "acme", "movie-2"): Row(0, 7, 1, 1),
-            (end, "other", "movie-1"): Row(3, 4, 0, 1),
+            (end, "acme", "movie-1"): Row(1500, 10, 1, 2, 60_000),
+            (end, "acme", "movie-2"): Row(0, 7, 1, 1, 30_000),
+            (end, "other", "movie-1"): Row(3, 4, 0, 1, 30_000),
         }
     )
 
@@ -134,7 +135,7 @@ def test_nothing_before_end_plus_grace_everything_at_it(client, redis, pool, con
     clock.now = flush_time(end + 300, config)
     flush_once(redis, pool, config, clock)
     assert stats_table(pool) == model.rows()
-    assert model.rows()[(end + 300, "acme", "movie-1")] == Row(9, 9, 1, 1)
+    assert model.rows()[(end + 300, "acme", "movie-1")] == Row(9, 9, 1, 1, 30_000)
     assert_drained(redis, config)
 
 
@@ -161,7 +162,9 @@ def test_several_windows_each_row_at_its_window_end(redis, pool, config, clock):
     assert [int(w.end.timestamp()) for w in report.windows] == ends
     assert report_totals(report) == {e: feeder.model.window_totals(e) for e in ends}
     assert stats_table(pool) == feeder.model.rows()
-    assert stats_table(pool)[(end_of(K0, config), "acme", "movie-1")] == Row(10**0 + 10**1, 1, 2, 2)
+    assert stats_table(pool)[(end_of(K0, config), "acme", "movie-1")] == Row(
+        10**0 + 10**1, 1, 2, 2, 60_000
+    )
     assert_drained(redis, config)
 
 
@@ -211,7 +214,11 @@ def test_sums_beyond_double_precision_are_exact(redis, pool, config, clock):
         )
     clock.now = flush_time(end_of(K0, config), config)
     flush_once(redis, pool, config, clock)
-    expected = {(end_of(K0, config), "acme", "movie-1"): Row(10**16, 10**16 - 10_000, 0, 10_000)}
+    expected = {
+        (end_of(K0, config), "acme", "movie-1"): Row(
+            10**16, 10**16 - 10_000, 0, 10_000, 300_000_000
+        )
+    }
     assert feeder.model.rows() == expected
     assert stats_table(pool) == expected
 
@@ -243,6 +250,7 @@ def test_popular_content_from_all_shards_is_one_row(redis, pool, config, clock):
             sum(range(200)) + 3 * 200,
             200,
             400,
+            400 * 30_000,
         )
     }
     assert feeder.model.rows() == expected
@@ -474,15 +482,15 @@ def test_stragglers_are_added_into_the_same_row(redis, pool, config, clock):
     )
     report = flush_once(redis, pool, config, clock)
     assert report_totals(report) == {
-        end: {"rows": 2, "cdn": 8, "p2p": 6, "sessions": 1, "payloads": 3}
+        end: {"rows": 2, "cdn": 8, "p2p": 6, "sessions": 1, "payloads": 3, "watch_ms": 90_000}
     }
     assert (
         stats_table(pool)
         == feeder.model.rows()
         == {
-            (end, "acme", "movie-1"): Row(105, 16, 2, 3),
-            (end, "b", "x"): Row(1, 1, 1, 1),
-            (end, "new", "pair"): Row(3, 0, 0, 1),
+            (end, "acme", "movie-1"): Row(105, 16, 2, 3, 90_000),
+            (end, "b", "x"): Row(1, 1, 1, 1, 30_000),
+            (end, "new", "pair"): Row(3, 0, 0, 1, 30_000),
         }
     )
     assert_drained(redis, config)
@@ -541,7 +549,7 @@ def test_replayed_snapshot_is_not_counted_twice(redis, pool, config, clock):
 
     report = flush_once(redis, pool, config, clock)
     assert report_totals(report) == {
-        ends[0]: {"rows": 0, "cdn": 0, "p2p": 0, "sessions": 0, "payloads": 0}
+        ends[0]: {"rows": 0, "cdn": 0, "p2p": 0, "sessions": 0, "payloads": 0, "watch_ms": 0}
     }
     assert stats_table(pool) == feeder.model.rows()
     assert ledger_ids(pool) == committed

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from payload_stats.buffer import counters as counter_fields
 from payload_stats.buffer import keys as k_
 from payload_stats.buffer import snapshots
 from payload_stats.buffer.keys import Keys
@@ -118,7 +119,7 @@ def test_the_readme_payload_is_counted_as_the_flusher_reads_it(send, redis, conf
 
     k = window(config, clock)
     assert window_counters(redis, config, k) == {
-        ("acme-tv", "live/channel-1"): Row(1048576, 5242880, 1, 1)
+        ("acme-tv", "live/channel-1"): Row(1048576, 5242880, 1, 1, 30_000)
     }
     assert window_counters(redis, config, k) == expected_counters(model, k, config.window_seconds)
     # What the flusher will read: freeze the payload's shard, read the snapshot.
@@ -126,7 +127,7 @@ def test_the_readme_payload_is_counted_as_the_flusher_reads_it(send, redis, conf
     snap = Snapshot(k=k, shard=shard, flush_id="test-flush")
     assert snapshots.freeze(redis, Scripts(redis), config, snap) == 1
     rows = [row for batch in snapshots.read_snapshot(redis, config, snap) for row in batch]
-    assert rows == [SnapshotRow("acme-tv", "live/channel-1", 1048576, 5242880, 1, 1)]
+    assert rows == [SnapshotRow("acme-tv", "live/channel-1", 1048576, 5242880, 1, 1, 30_000)]
 
 
 def test_payloads_add_up_per_window_customer_and_content(send, redis, config, clock, model):
@@ -143,7 +144,9 @@ def test_payloads_add_up_per_window_customer_and_content(send, redis, config, cl
     length = config.window_seconds
     assert window_counters(redis, config, k) == expected_counters(model, k, length)
     assert window_counters(redis, config, k + 1) == expected_counters(model, k + 1, length)
-    assert expected_counters(model, k + 1, length) == {("acme", "movie-1"): Row(20, 0, 1, 1)}
+    assert expected_counters(model, k + 1, length) == {
+        ("acme", "movie-1"): Row(20, 0, 1, 1, 30_000)
+    }
 
 
 def test_edge_values_are_counted_exactly(send, redis, config, clock, model):
@@ -164,7 +167,7 @@ def test_edge_values_are_counted_exactly(send, redis, config, clock, model):
 
     k = window(config, clock)
     assert window_counters(redis, config, k) == expected_counters(model, k, config.window_seconds)
-    assert window_counters(redis, config, k)[("tv-📺", "movie-1")] == Row(250, 100, 1, 1)
+    assert window_counters(redis, config, k)[("tv-📺", "movie-1")] == Row(250, 100, 1, 1, 30_000)
 
 
 # --- refused requests --------------------------------------------------------------
@@ -241,7 +244,7 @@ def test_body_of_exactly_the_limit_is_accepted(send, redis, config, clock, model
     send(padded(config.max_body_bytes), sent=base())
 
     k = window(config, clock)
-    assert window_counters(redis, config, k) == {("acme", "movie-1"): Row(250, 100, 1, 1)}
+    assert window_counters(redis, config, k) == {("acme", "movie-1"): Row(250, 100, 1, 1, 30_000)}
 
 
 @pytest.mark.parametrize("size", [None, 20 * 1024 * 1024], ids=["limit+1", "20MB"])
@@ -360,7 +363,8 @@ def counters(redis, config, k: int, body: dict[str, Any]) -> Row:
     keys = Keys(config.key_prefix)
     shard = k_.shard_of(body["token"], config.shards)
     name = keys.counters(shard, k, k_.encode_ident(body["customer"], body["content"]))
-    return Row(*(int(v) if v is not None else 0 for v in redis.hmget(name, k_.COUNTER_FIELDS)))
+    c = counter_fields.from_fields(redis.hgetall(name))
+    return Row(c.cdn, c.p2p, c.sessions, c.payloads, c.watch_ms)
 
 
 def check_request(client, redis, config, clock, key_prefix, model, data: bytes) -> None:

@@ -93,22 +93,23 @@ def test_the_session_rule_end_to_end(timeline):
     tl.send(t, token="S", customer="A", content="X", cdn=10, p2p=0, sessionDuration=long_ms + 5)
     tl.send(t + 30, token="S", customer="A", content="X", cdn=3, p2p=4, sessionDuration=1_000)
     # Seen, never started: zero bytes and a short duration start it, in the
-    # next window, under that payload's customer and content.
-    tl.send(tl.start(1) + 5, token="S", customer="B", content="Y", cdn=0, p2p=0, sessionDuration=2)
+    # next window.
+    tl.send(tl.start(1) + 5, token="S", customer="A", content="X", cdn=0, p2p=0, sessionDuration=2)
     # Started: never again, zero bytes or not.
-    tl.send(tl.start(1) + 35, token="S", customer="B", content="Y", cdn=0, p2p=0, sessionDuration=3)
-    tl.send(tl.start(2) + 5, token="S", customer="A", content="X", cdn=0, p2p=0, sessionDuration=4)
+    tl.send(tl.start(1) + 35, token="S", customer="A", content="X", cdn=0, p2p=0, sessionDuration=3)
+    # The same token under another customer and content is another session.
+    tl.send(tl.start(2) + 5, token="S", customer="B", content="Y", cdn=0, p2p=0, sessionDuration=4)
     tl.flush(2)
 
     assert tl.rows() == tl.model.rows()
     assert tl.model.rows() == {
-        (tl.end(0), "acme", "exactly-L"): Row(250, 100, 0, 1),
-        (tl.end(0), "acme", "max"): Row(250, 100, 0, 1),
-        (tl.end(0), "acme", "just-short"): Row(250, 100, 1, 1),
-        (tl.end(0), "acme", "zero"): Row(250, 100, 1, 1),
-        (tl.end(0), "A", "X"): Row(13, 4, 0, 2),
-        (tl.end(1), "B", "Y"): Row(0, 0, 1, 2),
-        (tl.end(2), "A", "X"): Row(0, 0, 0, 1),
+        (tl.end(0), "acme", "exactly-L"): Row(250, 100, 0, 1, 30_000),
+        (tl.end(0), "acme", "max"): Row(250, 100, 0, 1, 30_000),
+        (tl.end(0), "acme", "just-short"): Row(250, 100, 1, 1, 30_000),
+        (tl.end(0), "acme", "zero"): Row(250, 100, 1, 1, 30_000),
+        (tl.end(0), "A", "X"): Row(13, 4, 0, 2, 60_000),
+        (tl.end(1), "A", "X"): Row(0, 0, 1, 2, 60_000),
+        (tl.end(2), "B", "Y"): Row(0, 0, 1, 1, 30_000),
     }
 
 

@@ -51,13 +51,14 @@ DEFAULT_DEDUP_WINDOWS = 2  # STATS_DEDUP_SECONDS unset: two windows
 
 
 def memory_key(p: Payload) -> Hashable:
-    """What token memory is keyed by (docs/sessions.md "Token memory")."""
-    return p["token"]
+    """What token memory is keyed by (docs/sessions.md "Token memory"): a token
+    under its customer and content."""
+    return (p["customer"], p["content"], p["token"])
 
 
 def retry_identity(p: Payload) -> Hashable:
     """What makes a payload a retry of an earlier one (docs/retries.md)."""
-    return (p["token"], p["sessionDuration"])
+    return (p["customer"], p["content"], p["token"], p["sessionDuration"])
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Row:
     p2p: int = 0
     sessions: int = 0
     payloads: int = 0
+    watch_ms: int = 0
 
     def __add__(self, other: Row) -> Row:
         return Row(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -82,12 +84,12 @@ class Row:
 
 def counted_row(p: Payload, starts: bool) -> Row:
     """What one counted payload adds to its row."""
-    return Row(cdn=p["cdn"], p2p=p["p2p"], sessions=int(starts), payloads=1)
+    return Row(cdn=p["cdn"], p2p=p["p2p"], sessions=int(starts), payloads=1, watch_ms=p["timespan"])
 
 
 def row_of(values: Mapping[str, Any]) -> Row:
     """A ``Row`` from a mapping holding (at least) its fields, e.g. a JSON row."""
-    return Row(**{f.name: values[f.name] for f in fields(Row)})
+    return Row(**{f.name: values[f.name] for f in fields(Row) if f.name in values})
 
 
 class Uncertain(AssertionError):

@@ -11,8 +11,8 @@ from typing import Any
 
 from redis import Redis
 
+from payload_stats.buffer import counters, snapshots
 from payload_stats.buffer import keys as k_
-from payload_stats.buffer import snapshots
 from payload_stats.buffer.keys import Keys
 from payload_stats.config import Config
 from payload_stats.postgres.pool import connection
@@ -26,11 +26,11 @@ def stats_table(pool) -> dict[Key, Row]:
     with connection(pool) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT extract(epoch FROM time)::bigint, customer, content, "
-            "cdn, p2p, sessions, payloads FROM stats"
+            "cdn, p2p, sessions, payloads, watch_ms FROM stats"
         )
         rows = cur.fetchall()
         conn.rollback()
-    return {(t, cu, co): Row(cdn, p2p, s, n) for t, cu, co, cdn, p2p, s, n in rows}
+    return {(t, cu, co): Row(*values) for t, cu, co, *values in rows}
 
 
 def ledger_ids(pool) -> list[str]:
@@ -51,8 +51,8 @@ def window_counters(redis: Redis, config: Config, k: int) -> dict[tuple[str, str
     rows: dict[tuple[str, str], Row] = {}
     for shard in range(config.shards):
         for ident in redis.lrange(keys.index(shard, k), 0, -1):
-            values = redis.hmget(keys.counters(shard, k, ident), k_.COUNTER_FIELDS)
-            row = Row(*(int(v) if v is not None else 0 for v in values))
+            c = counters.from_fields(redis.hgetall(keys.counters(shard, k, ident)))
+            row = Row(c.cdn, c.p2p, c.sessions, c.payloads, c.watch_ms)
             pair = k_.decode_ident(ident)
             rows[pair] = rows.get(pair, Row()) + row
     return rows
@@ -87,10 +87,12 @@ _TOKEN_MEMORY = r"\{\d+\}:t:-?\d+"
 
 
 def leftover_keys(redis: Redis, config: Config) -> list[str]:
-    """Keys under the test's prefix other than token memory."""
+    """Keys under the test's prefix other than token memory and the recorded settings."""
     token_memory = re.compile(re.escape(config.key_prefix) + ":" + _TOKEN_MEMORY)
+    settings = Keys(config.key_prefix).deployment()
     names = (k.decode() for k in redis.scan_iter(match=f"{config.key_prefix}:*", count=1000))
-    return sorted({n for n in names if not token_memory.fullmatch(n)})  # SCAN may repeat
+    # SCAN may repeat a key: a set.
+    return sorted({n for n in names if not token_memory.fullmatch(n) and n != settings})
 
 
 def assert_drained(redis: Redis, config: Config, *, allow: tuple[str, ...] = ()) -> None:

@@ -24,6 +24,7 @@ ALL_SET = {
     "STATS_KEY_PREFIX": "stats-eu",
     "STATS_MAX_BODY_BYTES": "4096",
     "STATS_REDIS_TIMEOUT_SECONDS": "0.25",
+    "STATS_REDIS_MEMORY_READY_RATIO": "0.75",
     "STATS_FLUSH_BATCH_SIZE": "250",
     "STATS_FLUSH_LOCK_SECONDS": "30",
     "STATS_BIND": "0.0.0.0:9000",
@@ -49,6 +50,7 @@ ALL_SET_EXPECTED = {
     "key_prefix": "stats-eu",
     "max_body_bytes": 4096,
     "redis_timeout_seconds": 0.25,
+    "redis_memory_ready_ratio": 0.75,
     "flush_batch_size": 250,
     "flush_lock_seconds": 30.0,
     "bind": "0.0.0.0:9000",
@@ -195,6 +197,7 @@ def test_edge_values_are_accepted(name: str, raw: str, attr: str, expected: obje
         ("STATS_FLUSH_INTERVAL_SECONDS", "0"),
         ("STATS_FLUSH_INTERVAL_SECONDS", "-inf"),
         ("STATS_REDIS_TIMEOUT_SECONDS", "0"),
+        ("STATS_REDIS_MEMORY_READY_RATIO", "1.5"),
         ("STATS_FLUSH_LOCK_SECONDS", "0.5"),
         # URL scheme
         ("REDIS_URL", "http://localhost:6379"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from payload_stats.config import Config
-from tests.conftest import payload
+from tests.conftest import payload as base_payload
 from tests.support.model import Answer, Bounds, Model, Row, Tally, Uncertain
 
 L = 300
@@ -20,18 +20,23 @@ T = K * L  # its start
 END = T + L  # its end: the time of its rows
 
 
+def payload(**fields) -> dict:
+    """conftest's payload, without watch time unless a test gives a timespan."""
+    return base_payload(**{"timespan": 0, **fields})
+
+
 def zero(token: str, duration: int, **fields) -> dict:
     return payload(token=token, cdn=0, p2p=0, sessionDuration=duration, **fields)
 
 
 def test_a_payload_counts_in_the_window_of_its_reception_time() -> None:
     model = Model(L)
-    model.receive(T, payload(token="a", cdn=1, p2p=2))  # k*L belongs to window k
-    model.receive(END - 0.001, payload(token="b", cdn=10, p2p=20))
+    model.receive(T, payload(token="a", cdn=1, p2p=2, timespan=30000))  # k*L is in window k
+    model.receive(END - 0.001, payload(token="b", cdn=10, p2p=20, timespan=29000))
     model.receive(END, payload(token="c", cdn=100, p2p=200, content="other"))
 
     assert model.rows() == {
-        (END, "acme", "movie-1"): Row(cdn=11, p2p=22, sessions=2, payloads=2),
+        (END, "acme", "movie-1"): Row(cdn=11, p2p=22, sessions=2, payloads=2, watch_ms=59000),
         (END + L, "acme", "other"): Row(cdn=100, p2p=200, sessions=1, payloads=1),
     }
     assert model.ends() == [END, END + L]
@@ -41,6 +46,7 @@ def test_a_payload_counts_in_the_window_of_its_reception_time() -> None:
         "p2p": 22,
         "sessions": 2,
         "payloads": 2,
+        "watch_ms": 59000,
     }
 
 
@@ -100,11 +106,18 @@ def test_a_payload_with_the_retry_identity_of_a_counted_one_is_a_duplicate() -> 
     first = payload(token="t", cdn=7, p2p=3, sessionDuration=1000)
 
     assert model.receive_all(T, [first, first]) == Tally(accepted=1, duplicates=1, sessions=1)
-    assert model.receive_all(T + 1, [{**first, "cdn": 999, "customer": "x"}]) == Tally(0, 1, 0)
+    assert model.receive_all(T + 1, [{**first, "cdn": 999}]) == Tally(0, 1, 0)  # values ignored
     assert model.receive_all(T + 2, [{**first, "sessionDuration": 1001}]) == Tally(1, 0, 0)
     assert model.receive_all(T + 3, [{**first, "token": "u"}]) == Tally(1, 0, 1)
+    # Another customer or content: another session, however alike the rest.
+    assert model.receive_all(T + 4, [{**first, "customer": "x"}]) == Tally(1, 0, 1)
+    assert model.receive_all(T + 5, [{**first, "content": "y"}]) == Tally(1, 0, 1)
     assert Tally(1, 2, 0).body() == {"accepted": 1, "duplicates": 2}
-    assert model.rows() == {(END, "acme", "movie-1"): Row(21, 9, 2, 3)}
+    assert model.rows() == {
+        (END, "acme", "movie-1"): Row(21, 9, 2, 3),
+        (END, "x", "movie-1"): Row(7, 3, 1, 1),
+        (END, "acme", "y"): Row(7, 3, 1, 1),
+    }
 
 
 @pytest.mark.parametrize(
@@ -158,8 +171,8 @@ def test_a_reception_time_known_within_an_interval_bounds_the_rows() -> None:
     assert bounds.exact() == 0
     assert bounds.check({(END, "acme", "movie-1"): Row(15, 0, 2, 2)}) == []
     assert bounds.check({(END, "acme", "movie-1"): Row(5, 0, 1, 1)}) == [
-        "total ('acme', 'movie-1'): stats has Row(cdn=5, p2p=0, sessions=1, payloads=1), "
-        "expected Row(cdn=15, p2p=0, sessions=2, payloads=2)"
+        "total ('acme', 'movie-1'): stats has Row(cdn=5, p2p=0, sessions=1, payloads=1, "
+        "watch_ms=0), expected Row(cdn=15, p2p=0, sessions=2, payloads=2, watch_ms=0)"
     ]
 
 

@@ -1,1 +1,1 @@
-COPY flush_staging (customer, content, cdn, p2p, sessions, payloads) FROM STDIN WITH (FORMAT csv)
+COPY flush_staging (customer, content, cdn, p2p, sessions, payloads, watch_ms) FROM STDIN WITH (FORMAT csv)

@@ -4,5 +4,6 @@ CREATE TEMPORARY TABLE flush_staging (
     cdn       bigint NOT NULL,
     p2p       bigint NOT NULL,
     sessions  bigint NOT NULL,
-    payloads  bigint NOT NULL
+    payloads  bigint NOT NULL,
+    watch_ms  bigint NOT NULL
 ) ON COMMIT DROP

@@ -1,0 +1,88 @@
+"""Group commit: a worker's requests in flight at the same moment share one Redis call.
+
+The way databases commit many transactions with one log flush. A request
+that finds no call under way makes one at once, alone: at low load nothing
+waits. Requests that arrive while a call is under way queue; when it
+returns, the first of them makes the next call for all of them. Under load
+the groups grow by themselves, and one INGEST script call (one round trip,
+atomic as a whole) carries many requests' payloads. Each request still gets
+its own answer, and a Redis error fails exactly the requests of that call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from ..buffer.ingest import Entry, Recorded
+
+Write = Callable[[Sequence[Entry]], list[Recorded]]
+
+
+class _Waiter:
+    __slots__ = ("entry", "done", "result", "error", "leads")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        self.done = threading.Event()
+        self.result: Recorded | None = None
+        self.error: BaseException | None = None
+        self.leads = False  # woken to make the next call, not with a result
+
+    def outcome(self) -> Recorded:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class GroupCommit:
+    """Shares calls to ``write`` (all entries of a call in one round trip)
+    between the threads of one process."""
+
+    def __init__(self, write: Write, max_group: int = 256) -> None:
+        self.write = write
+        self.max_group = max_group
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter] = []
+        self._busy = False  # a call is under way, or about to be
+
+    def record(self, entry: Entry) -> Recorded:
+        """Write ``entry`` (in some call) and return what it did.
+
+        Raises whatever ``write`` raised for the call that carried it.
+        """
+        me = _Waiter(entry)
+        with self._lock:
+            self._queue.append(me)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            me.done.wait()
+            if not me.leads:
+                return me.outcome()
+            me.done.clear()
+        # A leader is first in the queue, so it is in the group it writes.
+        self._lead()
+        return me.outcome()
+
+    def _lead(self) -> None:
+        with self._lock:
+            group = self._queue[: self.max_group]
+            del self._queue[: self.max_group]
+        try:
+            results = self.write([w.entry for w in group])
+        except BaseException as exc:  # the whole call failed: so did each request in it
+            for w in group:
+                w.error = exc
+        else:
+            for w, result in zip(group, results, strict=True):
+                w.result = result
+        with self._lock:
+            after = self._queue[0] if self._queue else None
+            self._busy = after is not None
+        for w in group:
+            w.done.set()
+        if after is not None:
+            after.leads = True
+            after.done.set()
