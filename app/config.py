@@ -47,6 +47,11 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"
     retention_days: int = 365
+    pg_statement_timeout_ms: int = 5000
+    pg_lock_timeout_ms: int = 1000
+    flush_statement_timeout_ms: int = 20000
+    read_concurrency: int = 0  # 0: half of web_threads
+    live_max_keys: int = 20000
     api_token: str | None = field(default=None, repr=False)
     ingest_token: str | None = field(default=None, repr=False)
     failpoint: str | None = field(default=None, repr=False)
@@ -55,10 +60,16 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the configuration from ``environ`` (default ``os.environ``).
 
-        A variable set to a blank value counts as unset. Raises ConfigError
-        naming the first invalid variable.
+        A variable set to a blank value counts as unset, except the tokens:
+        a blank token is refused rather than read as "no authentication".
+        Raises ConfigError naming the first invalid variable.
         """
-        env = _Env(os.environ if environ is None else environ)
+        source = os.environ if environ is None else environ
+        for name in _TOKENS:
+            raw = source.get(name)
+            if raw is not None and not raw.strip():
+                raise ConfigError(_BLANK_TOKEN.format(name=name))
+        env = _Env(source)
         defaults = cls()
         values = {
             attr: getattr(env, kind)(name, getattr(defaults, attr), **options)
@@ -72,6 +83,18 @@ class Config:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        for name, value in (
+            ("STATS_API_TOKEN", self.api_token),
+            ("STATS_INGEST_TOKEN", self.ingest_token),
+        ):
+            if value is not None and not value.strip():
+                raise ConfigError(_BLANK_TOKEN.format(name=name))
+        if self.web_threads > 1 and self.read_concurrency >= self.web_threads:
+            raise ConfigError(
+                "STATS_READ_CONCURRENCY: must be less than STATS_WEB_THREADS "
+                f"({self.web_threads}), so reads never take every thread "
+                f"(got {self.read_concurrency})"
+            )
         if self.dedup_seconds is not None and self.dedup_seconds > 2 * self.window_seconds:
             raise ConfigError(
                 "STATS_DEDUP_SECONDS: must be at most 2 x STATS_WINDOW_SECONDS "
@@ -82,6 +105,24 @@ class Config:
     @property
     def window_ms(self) -> int:
         return self.window_seconds * 1000
+
+    @property
+    def read_slots(self) -> int:
+        """Concurrent GET /stats and /stats/live requests per web worker."""
+        if self.read_concurrency:
+            return self.read_concurrency
+        return max(1, self.web_threads // 2)
+
+    @property
+    def flush_pg_timeouts_ms(self) -> tuple[int, int]:
+        """(statement, lock) timeouts of the flush's and retention's connections.
+
+        Both are capped at a third of STATS_FLUSH_LOCK_SECONDS: the flusher
+        extends its Redis lock between statements, so a statement that waits
+        or runs must end (and the flush give up) well before the lock expires.
+        """
+        cap = max(1, int(self.flush_lock_seconds * 1000 / 3))
+        return min(self.flush_statement_timeout_ms, cap), min(self.pg_lock_timeout_ms, cap)
 
     @property
     def dedup_windows(self) -> int:
@@ -194,10 +235,29 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "STATS_LOG_LEVEL": ("log_level", "str", {"validate": _log_level}),
     "STATS_LOG_FORMAT": ("log_format", "str", {"validate": OneOf(("text", "json"))}),
     "STATS_RETENTION_DAYS": ("retention_days", "int", {"validate": Range(0)}),
+    "STATS_PG_STATEMENT_TIMEOUT_MS": (
+        "pg_statement_timeout_ms",
+        "int",
+        {"validate": Range(1, 3_600_000)},
+    ),
+    "STATS_PG_LOCK_TIMEOUT_MS": ("pg_lock_timeout_ms", "int", {"validate": Range(1, 3_600_000)}),
+    "STATS_FLUSH_STATEMENT_TIMEOUT_MS": (
+        "flush_statement_timeout_ms",
+        "int",
+        {"validate": Range(1, 3_600_000)},
+    ),
+    "STATS_READ_CONCURRENCY": ("read_concurrency", "int", {"validate": Range(0, 256)}),
+    "STATS_LIVE_MAX_KEYS": ("live_max_keys", "int", {"validate": Range(100, 10_000_000)}),
     "STATS_API_TOKEN": ("api_token", "str", {}),
     "STATS_INGEST_TOKEN": ("ingest_token", "str", {}),
     "STATS_FAILPOINT": ("failpoint", "str", {"validate": OneOf(FAILPOINTS)}),
 }
+
+_TOKENS = ("STATS_API_TOKEN", "STATS_INGEST_TOKEN")
+_BLANK_TOKEN = (
+    "{name}: must not be empty or blank (unset it to leave these endpoints open; "
+    "a blank token would turn authentication off)"
+)
 
 _SECRET = {"REDIS_URL", "DATABASE_URL", "STATS_API_TOKEN", "STATS_INGEST_TOKEN"}
 

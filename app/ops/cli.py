@@ -19,7 +19,7 @@ from ..flush.flusher import FlushReport, flush_once
 from ..flush.lock import flush_with_lock
 from ..logs import one_line
 from ..postgres.migrations import migrate
-from ..postgres.pool import database_pool
+from ..postgres.pool import database_pool, flush_pool
 from . import embedded, processes
 
 
@@ -76,7 +76,7 @@ def flush() -> None:
     _require(config, "REDIS_URL", "DATABASE_URL")
     failpoint = failpoints.from_config(config.failpoint)
     redis = redis_client(config)
-    pool = database_pool(config, 1)
+    pool = flush_pool(config, 1)
     try:
         migrate(pool)
         # Wait for a running scheduler flush; if it is stuck, go ahead anyway:
@@ -117,7 +117,7 @@ def scheduler_command() -> None:
     _require(config, "REDIS_URL", "DATABASE_URL")
     scheduler.run(
         redis_client(config),
-        database_pool(config, 2),
+        flush_pool(config, 2),
         config,
         failpoints.from_config(config.failpoint),
     )
