@@ -126,17 +126,29 @@ def scheduler_command() -> None:
 @cli.command()
 @click.option("--once", is_flag=True, help="Print one table and exit (for scripts).")
 @click.option(
-    "--limit", default=20, show_default=True, type=click.IntRange(1), help="Rows shown, by traffic."
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Rows shown, by traffic.",
 )
 @click.option("--customer", help="Only this customer.")
-def live(once: bool, limit: int, customer: str | None) -> None:
+@click.option("--content", help="Only this content.")
+def live(once: bool, limit: int, customer: str | None, content: str | None) -> None:
     """Watch the open window's traffic, refreshed every second."""
     from . import terminal  # rich is only needed here
 
     config = _config()
     _require(config, "REDIS_URL")
     try:
-        terminal.run(redis_client(config), config, once=once, limit=limit, customer=customer)
+        terminal.run(
+            redis_client(config),
+            config,
+            once=once,
+            limit=limit,
+            customer=customer,
+            content=content,
+        )
     except RedisError as exc:
         _fail(f"Redis: {one_line(exc)}")
 

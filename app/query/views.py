@@ -101,16 +101,25 @@ def get_history(query: history_params.Query):
 @bp.doc(
     security=[{"bearer": []}],
     responses={
-        200: {"description": 'Live rows: {"rows": [...]}'},
+        200: {
+            "description": 'The top rows by traffic: {"rows": [...], "truncated": bool, '
+            '"matched": rows found, "counters": counter hashes in Redis, "counters_read": '
+            "of which read (at most STATS_LIVE_MAX_KEYS)}"
+        },
         **error_responses(400, 401, 503),
     },
 )
 def get_live(query: LiveQuery):
-    """Counters still in Redis: the open window and windows not yet flushed."""
+    """Counters still in Redis (the open window and windows not yet flushed):
+    the rows with the most traffic (cdn + p2p) first."""
     services = current_app.extensions["payload_stats"]
     try:
-        rows = live.live_rows(
-            services.redis, services.config, customer=query.customer, content=query.content
+        found = live.top_rows(
+            services.redis,
+            services.config,
+            customer=query.customer,
+            content=query.content,
+            limit=query.limit,
         )
     except RedisError as exc:
         logger.warning("redis_unavailable", extra={"reason": str(exc)})
@@ -127,6 +136,10 @@ def get_live(query: LiveQuery):
                 "payloads": r.payloads,
                 "p2p_share": _share(r.cdn, r.p2p),
             }
-            for r in rows
-        ]
+            for r in found.rows
+        ],
+        truncated=found.truncated,
+        matched=found.matched,
+        counters=found.counters,
+        counters_read=found.counters_read,
     )
