@@ -44,6 +44,7 @@ class Config:
     bind: str = "127.0.0.1:8000"
     web_workers: int = 0  # 0: one per CPU core
     web_threads: int = 8
+    web_header_timeout_seconds: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"
     retention_days: int = 365
@@ -232,6 +233,11 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "STATS_BIND": ("bind", "str", {"validate": check_bind}),
     "STATS_WEB_WORKERS": ("web_workers", "int", {"validate": Range(0, 1024)}),
     "STATS_WEB_THREADS": ("web_threads", "int", {"validate": Range(1, 256)}),
+    "STATS_WEB_HEADER_TIMEOUT_SECONDS": (
+        "web_header_timeout_seconds",
+        "float",
+        {**_NUMBER, "validate": [_finite, Range(0.1, 3600)]},
+    ),
     "STATS_LOG_LEVEL": ("log_level", "str", {"validate": _log_level}),
     "STATS_LOG_FORMAT": ("log_format", "str", {"validate": OneOf(("text", "json"))}),
     "STATS_RETENTION_DAYS": ("retention_days", "int", {"validate": Range(0)}),
