@@ -50,7 +50,7 @@ class Config:
     retention_days: int = 365
     pg_statement_timeout_ms: int = 5000
     pg_lock_timeout_ms: int = 1000
-    flush_statement_timeout_ms: int = 20000
+    flush_statement_timeout_ms: int = 12000
     read_concurrency: int = 0  # 0: half of web_threads
     live_max_keys: int = 20000
     api_token: str | None = field(default=None, repr=False)
@@ -118,11 +118,13 @@ class Config:
     def flush_pg_timeouts_ms(self) -> tuple[int, int]:
         """(statement, lock) timeouts of the flush's and retention's connections.
 
-        Both are capped at a third of STATS_FLUSH_LOCK_SECONDS: the flusher
-        extends its Redis lock between statements, so a statement that waits
-        or runs must end (and the flush give up) well before the lock expires.
+        Both are capped at a fifth of STATS_FLUSH_LOCK_SECONDS. The flusher
+        extends its Redis lock between batches; between two extensions it runs
+        at most three statements (upsert, totals, commit; or claim, staging,
+        COPY), so with each bounded by a fifth of the TTL a flush stuck on
+        PostgreSQL gives up, and releases the lock, before the lock can expire.
         """
-        cap = max(1, int(self.flush_lock_seconds * 1000 / 3))
+        cap = max(1, int(self.flush_lock_seconds * 1000 / 5))
         return min(self.flush_statement_timeout_ms, cap), min(self.pg_lock_timeout_ms, cap)
 
     @property

@@ -18,9 +18,14 @@ CONNECT_TIMEOUT_SECONDS = 5
 Connection = psycopg2.extensions.connection
 
 
-# A dead peer (a partition, a host gone) is noticed within about 30 s even
+# A dead peer (a partition, a host gone) is noticed within about 20 s even
 # when PostgreSQL's own timeouts cannot fire: TCP keepalives.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+}
 
 
 def create_pool(

@@ -67,8 +67,8 @@ def test_web_and_flush_connections_carry_their_timeouts(config, pool):
     config = replace(config, pg_statement_timeout_ms=2500, pg_lock_timeout_ms=700)
     for make, expected in (
         (lambda: web_pool(config, 1), ("2500ms", "700ms")),
-        (lambda: flush_pool(config, 1), ("20s", "700ms")),
-        (lambda: flush_pool(replace(config, flush_lock_seconds=1.2), 1), ("400ms", "400ms")),
+        (lambda: flush_pool(config, 1), ("12s", "700ms")),
+        (lambda: flush_pool(replace(config, flush_lock_seconds=1.5), 1), ("300ms", "300ms")),
     ):
         p = make()
         try:
@@ -222,7 +222,7 @@ def test_the_scheduled_flush_logs_the_timeout_and_the_next_run_succeeds(
 
 
 def test_the_flush_lock_is_never_held_past_its_ttl_by_a_stuck_flusher(redis, pool, config, clock):
-    """With a 1.5 s lock TTL, the flush's lock timeout is capped at 0.5 s: the
+    """With a 1.5 s lock TTL, the flush's timeouts are capped at 0.3 s: the
     flusher gives up and releases the lock well before the lock could expire."""
     config = replace(config, flush_lock_seconds=1.5, pg_lock_timeout_ms=60_000)
     _fill(redis, config)
@@ -242,7 +242,7 @@ def test_the_flush_lock_is_never_held_past_its_ttl_by_a_stuck_flusher(redis, poo
         with locked_stats(config.database_url):
             watcher.start()
             began = time.monotonic()
-            # The lock or the statement timeout (both 0.5 s here) ends the wait.
+            # The lock or the statement timeout (both 0.3 s here) ends the wait.
             with pytest.raises((psycopg2.errors.LockNotAvailable, psycopg2.errors.QueryCanceled)):
                 flush_with_lock(redis, flushing, config, clock)
             took = time.monotonic() - began

@@ -36,16 +36,16 @@ def test_timeout_defaults() -> None:
     config = Config.from_env({})
     assert config.pg_statement_timeout_ms == 5000
     assert config.pg_lock_timeout_ms == 1000
-    assert config.flush_statement_timeout_ms == 20000
-    assert config.flush_pg_timeouts_ms == (20000, 1000)
+    assert config.flush_statement_timeout_ms == 12000
+    assert config.flush_pg_timeouts_ms == (12000, 1000)
     assert config.live_max_keys == 20000
 
 
-def test_flush_timeouts_are_capped_at_a_third_of_the_lock_ttl() -> None:
+def test_flush_timeouts_are_capped_at_a_fifth_of_the_lock_ttl() -> None:
     config = replace(Config(), flush_lock_seconds=1.5)
-    assert config.flush_pg_timeouts_ms == (500, 500)
+    assert config.flush_pg_timeouts_ms == (300, 300)
     config = replace(Config(), flush_lock_seconds=30, flush_statement_timeout_ms=60000)
-    assert config.flush_pg_timeouts_ms == (10000, 1000)
+    assert config.flush_pg_timeouts_ms == (6000, 1000)
 
 
 @pytest.mark.parametrize(
