@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+import time
 from dataclasses import dataclass
 
 from redis import Redis
@@ -56,8 +56,11 @@ class LiveRead:
         return len(self.rows) < self.matched or not self.complete
 
 
-#: Commands per pipelined round trip while reading counters.
+#: Idents whose counters are read per pipelined round trip.
 PIPELINE = 1000
+#: Past this, no further batch of counters is read (a busy machine or Redis):
+#: the answer is the rows of what was read, ``complete`` False.
+TIME_BUDGET_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,9 @@ class _Source:
 
     shard: int
     k: int
-    flush_id: str | None  # a snapshot's, else None
-    key: str
+    key: str  # the ident list
+    live: bytes  # the name of an ident's live counter hash, less the ident
+    frozen: bytes | None  # the same in the snapshot, for a snapshot's list
 
 
 def top_rows(
@@ -91,11 +95,15 @@ def top_rows(
     and window or snapshot in Redis), one round trip of 2S commands, one of 2L
     (LLEN and the first idents of each list), one more when lists are uneven,
     then at most B = ``max_keys`` (STATS_LIVE_MAX_KEYS) idents read and at most
-    B HMGETs (2 per ident of a snapshot) in pipelines of 1000 commands. The
-    budget is shared fairly between the lists; when it is reached the rows are
-    the top rows of what was read (``LiveRead.complete`` is False), and a row
-    spread over several shards may lack some of its partial sums.
+    B HMGETs (2 per ident of a snapshot) in pipelines for 1000 idents. The
+    budget is shared fairly between the lists; filters are applied to the
+    idents, before any counter is read; no batch of counters is started after
+    TIME_BUDGET_SECONDS. When a budget cuts the read, the rows are the top rows
+    of what was read (``LiveRead.complete`` is False), and a row spread over
+    several shards may lack some of its partial sums. Ties in traffic are
+    ordered newest window first.
     """
+    started = time.monotonic()
     budget = max_keys or config.live_max_keys
     keys = Keys(config.key_prefix)
     pipe = redis.pipeline(transaction=False)
@@ -109,66 +117,85 @@ def top_rows(
         for raw in listing[2 * shard]:
             k = int(raw)
             if only_window is None or k == only_window:
-                sources.append(_Source(shard, k, None, keys.index(shard, k)))
+                live = keys.counters(shard, k, b"")
+                sources.append(_Source(shard, k, keys.index(shard, k), live, None))
         for raw in listing[2 * shard + 1]:
             snap = Snapshot.from_field(shard, raw)
             if only_window is None or snap.k == only_window:
-                key = keys.snapshot_list(shard, snap.flush_id, snap.k)
-                sources.append(_Source(shard, snap.k, snap.flush_id, key))
-    # Newest windows first: when the budget cuts, the open window's share is read.
-    sources.sort(key=lambda src: (-src.k, src.shard, src.flush_id or ""))
+                sources.append(
+                    _Source(
+                        shard,
+                        snap.k,
+                        keys.snapshot_list(shard, snap.flush_id, snap.k),
+                        keys.counters(shard, snap.k, b""),
+                        keys.snapshot_counters(shard, snap.flush_id, snap.k, b""),
+                    )
+                )
+    # Newest windows first: when a budget cuts, the open window's share is read.
+    sources.sort(key=lambda src: (-src.k, src.shard, src.key))
 
     idents, lengths = _read_idents(redis, sources, budget)
     counters = sum(lengths)
-    read = sum(len(found) for found in idents)
 
-    wanted = [
-        [
-            (ident, pair)
-            for ident in found
-            if (pair := k_.decode_ident(ident))
-            and (customer is None or pair[0] == customer)
-            and (content is None or pair[1] == content)
-        ]
-        for found in idents
-    ]
-    commands = []
-    for src, found in zip(sources, wanted, strict=True):
-        for ident, _ in found:
-            commands.append(keys.counters(src.shard, src.k, ident))
-            if src.flush_id is not None:
-                commands.append(keys.snapshot_counters(src.shard, src.flush_id, src.k, ident))
-    replies = iter(_hmget_all(redis, commands))
+    # Filters on the ident bytes, before any counter is read ("n:customer:content").
+    head = None if customer is None else k_.encode_ident(customer, "")
+    tail = None if content is None else b":" + content.encode("utf-8", "surrogatepass")
+    jobs: list[tuple[_Source, bytes]] = []
+    skipped = 0
+    for src, found in zip(sources, idents, strict=True):
+        for ident in found:
+            if (head is not None and not ident.startswith(head)) or (
+                tail is not None
+                and not (ident.endswith(tail) and k_.decode_ident(ident)[1] == content)
+            ):
+                skipped += 1
+            else:
+                jobs.append((src, ident))
 
-    sums: dict[tuple[int, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for src, found in zip(sources, wanted, strict=True):
-        for _, (cu, co) in found:
+    sums: dict[tuple[int, bytes], list[int]] = {}
+    done = 0
+    for start in range(0, len(jobs), PIPELINE):
+        if time.monotonic() - started > TIME_BUDGET_SECONDS:
+            break  # the rows of what was read; counters_read says how much
+        chunk = jobs[start : start + PIPELINE]
+        pipe = redis.pipeline(transaction=False)
+        for src, ident in chunk:
+            pipe.execute_command("HMGET", src.live + ident, *k_.COUNTER_FIELDS)
+            if src.frozen is not None:
+                pipe.execute_command("HMGET", src.frozen + ident, *k_.COUNTER_FIELDS)
+        replies = iter(pipe.execute())
+        for src, ident in chunk:
             values = next(replies)
-            if src.flush_id is not None:
+            if src.frozen is not None:
                 frozen = next(replies)
                 # A snapshot's ident is read from its snapshot hash once COLLECT
                 # moved it there, else from the live hash it still is.
                 if frozen[3] is not None:
                     values = frozen
-            total = sums[(src.k, cu, co)]
+            total = sums.get((src.k, ident))
+            if total is None:
+                total = sums[(src.k, ident)] = [0, 0, 0, 0]
             for i, v in enumerate(values):
                 if v is not None:
                     total[i] += int(v)
+        done += len(chunk)
+
+    # A key moved away by a flush mid-read (no payloads) is not a row.
+    found_rows = [(k, ident, total) for (k, ident), total in sums.items() if total[3]]
+
+    def order(item: tuple[int, bytes, list[int]]) -> tuple:
+        k, ident, total = item
+        return (-(total[0] + total[1]), -k, ident)
+
+    if limit is not None and len(found_rows) > limit:
+        top = heapq.nsmallest(limit, found_rows, key=order)
+    else:
+        top = sorted(found_rows, key=order)
     length = config.window_seconds
     rows = [
-        LiveRow(window_end(k, length), cu, co, *total)
-        for (k, cu, co), total in sums.items()
-        if total[3]  # a key moved away by a flush mid-read: not a row
+        LiveRow(window_end(k, length), *k_.decode_ident(ident), *total) for k, ident, total in top
     ]
-
-    def order(r: LiveRow) -> tuple:
-        return (-(r.cdn + r.p2p), -r.time, r.customer, r.content)
-
-    if limit is not None and len(rows) > limit:
-        top = heapq.nsmallest(limit, rows, key=order)
-    else:
-        top = sorted(rows, key=order)
-    return LiveRead(top, len(rows), counters, read)
+    return LiveRead(rows, len(found_rows), counters, skipped + done)
 
 
 def _read_idents(
@@ -206,14 +233,3 @@ def _read_idents(
         for i, found in zip(extra, pipe.execute(), strict=True):
             idents[i].extend(found)
     return idents, lengths
-
-
-def _hmget_all(redis: Redis, names: list[bytes]) -> list[list[bytes | None]]:
-    """HMGET of the counter fields of every key, PIPELINE commands per round trip."""
-    out: list[list[bytes | None]] = []
-    for start in range(0, len(names), PIPELINE):
-        pipe = redis.pipeline(transaction=False)
-        for name in names[start : start + PIPELINE]:
-            pipe.hmget(name, k_.COUNTER_FIELDS)
-        out.extend(pipe.execute())
-    return out

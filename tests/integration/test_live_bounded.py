@@ -53,13 +53,15 @@ def test_top_rows_by_traffic_when_everything_is_read(redis, config):
 def test_filters_are_applied_before_the_counters_are_read(redis, config, monkeypatch):
     traffic = fill(redis, config, 260)
     hmgets = []
-    original = type(redis.pipeline()).hmget
+    pipeline_class = type(redis.pipeline())
+    original = pipeline_class.pipeline_execute_command
 
-    def counting(self, *args, **kwargs):
-        hmgets.append(args[0])
-        return original(self, *args, **kwargs)
+    def counting(self, *args, **options):
+        if str(args[0]).upper() == "HMGET":
+            hmgets.append(args[1])
+        return original(self, *args, **options)
 
-    monkeypatch.setattr(type(redis.pipeline()), "hmget", counting)
+    monkeypatch.setattr(pipeline_class, "pipeline_execute_command", counting)
     found = top_rows(redis, config, customer="cu3", limit=None)
     assert {(r.customer, r.content) for r in found.rows} == {p for p in traffic if p[0] == "cu3"}
     assert len(hmgets) == len(found.rows) == 20
@@ -118,3 +120,16 @@ def test_the_terminal_says_when_it_read_part_of_the_window(redis, config):
     text = console.export_text()
     assert f"5 of {found.matched} customer/content pairs" in text
     assert f"(partial: read {found.counters_read:,} of 300 counters" in text
+
+
+def test_no_batch_of_counters_is_started_past_the_time_budget(redis, config, monkeypatch):
+    from payload_stats.buffer import live
+
+    fill(redis, config, 120)
+    monkeypatch.setattr(live, "TIME_BUDGET_SECONDS", -1.0)
+    found = top_rows(redis, config)
+    assert (found.rows, found.counters, found.counters_read) == ([], 120, 0)
+    assert found.truncated and not found.complete
+    # With a filter, the idents it rules out were examined all the same.
+    found = top_rows(redis, config, customer="cu1")
+    assert found.rows == [] and found.counters_read == 120 - 10
