@@ -316,7 +316,7 @@ def test_web_alone_closes_a_request_head_that_takes_too_long(web):
                 pass
             closed_after = time.monotonic() - began
     # STATS_WEB_HEADER_TIMEOUT_SECONDS (5 s by default), then shut down.
-    assert 4 <= closed_after < 9
+    assert 4 <= closed_after < 11
 
 
 def test_web_alone_withstands_idle_connections_and_fewer_slow_clients_than_threads(
