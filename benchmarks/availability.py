@@ -297,10 +297,10 @@ def live_read(redis: Redis, config: Config, port: int, keys: int) -> dict[str, A
         body = json.loads(response.read())
         timings.append(time.monotonic() - began)
         conn.close()
-    full = []
+    full = []  # in this process: no HTTP, no budget
     for _ in range(2):
         began = time.monotonic()
-        top_rows(redis, config, limit=100, max_keys=10**9)
+        top_rows(redis, config, limit=100, max_keys=10**9, time_budget=None)
         full.append(time.monotonic() - began)
     return {
         "keys": keys,

@@ -83,6 +83,7 @@ def top_rows(
     only_window: int | None = None,
     limit: int | None = 100,
     max_keys: int | None = None,
+    time_budget: float | None = TIME_BUDGET_SECONDS,
 ) -> LiveRead:
     """Counters not yet in PostgreSQL, per (window end, customer, content): the
     ``limit`` rows with the most traffic (None: every row read).
@@ -98,7 +99,7 @@ def top_rows(
     B HMGETs (2 per ident of a snapshot) in pipelines for 1000 idents. The
     budget is shared fairly between the lists; filters are applied to the
     idents, before any counter is read; no batch of counters is started after
-    TIME_BUDGET_SECONDS. When a budget cuts the read, the rows are the top rows
+    ``time_budget`` seconds (None: no limit). When a budget cuts the read, the rows are the top rows
     of what was read (``LiveRead.complete`` is False), and a row spread over
     several shards may lack some of its partial sums. Ties in traffic are
     ordered newest window first.
@@ -155,7 +156,7 @@ def top_rows(
     sums: dict[tuple[int, bytes], list[int]] = {}
     done = 0
     for start in range(0, len(jobs), PIPELINE):
-        if time.monotonic() - started > TIME_BUDGET_SECONDS:
+        if time_budget is not None and time.monotonic() - started > time_budget:
             break  # the rows of what was read; counters_read says how much
         chunk = jobs[start : start + PIPELINE]
         pipe = redis.pipeline(transaction=False)

@@ -122,14 +122,12 @@ def test_the_terminal_says_when_it_read_part_of_the_window(redis, config):
     assert f"(partial: read {found.counters_read:,} of 300 counters" in text
 
 
-def test_no_batch_of_counters_is_started_past_the_time_budget(redis, config, monkeypatch):
-    from payload_stats.buffer import live
-
+def test_no_batch_of_counters_is_started_past_the_time_budget(redis, config):
     fill(redis, config, 120)
-    monkeypatch.setattr(live, "TIME_BUDGET_SECONDS", -1.0)
-    found = top_rows(redis, config)
+    found = top_rows(redis, config, time_budget=-1.0)
     assert (found.rows, found.counters, found.counters_read) == ([], 120, 0)
     assert found.truncated and not found.complete
     # With a filter, the idents it rules out were examined all the same.
-    found = top_rows(redis, config, customer="cu1")
+    found = top_rows(redis, config, customer="cu1", time_budget=-1.0)
     assert found.rows == [] and found.counters_read == 120 - 10
+    assert top_rows(redis, config, time_budget=None).complete
