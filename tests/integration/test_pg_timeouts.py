@@ -12,10 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,9 +32,16 @@ from payload_stats.flush.scheduler import FlushJob, RetentionJob
 from payload_stats.postgres.pool import connection, flush_pool, web_pool
 from payload_stats.web.app import create_app
 from tests.conftest import START, payload, stats_rows
+from tests.support.servers import (
+    UNREACHABLE_DATABASE_URL,
+    cli_environment,
+    free_port,
+    start_cli,
+    stop,
+    wait_for_port,
+)
 
 one_shard = pytest.mark.parametrize("shards", [1], ids=["1shard"])
-UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/none"
 
 
 @contextmanager
@@ -278,66 +281,28 @@ def test_retention_against_a_locked_table_gives_up_and_retries(config, pool, cap
 # --- a real gunicorn: ingest p99 with and without the lock ---------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("payload-stats")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "payload_stats"]
-
-
 @contextmanager
 def gunicorn(config: Config, tmp_path: Path, **settings: str) -> Iterator[int]:
     """``payload-stats web`` (2 workers x 8 threads) on a free port; yields the port."""
-    port = _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("STATS_", "GUNICORN")) and k not in ("REDIS_URL", "DATABASE_URL")
-    }
-    env.update(
-        REDIS_URL=config.redis_url,
-        DATABASE_URL=config.database_url,
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
+    port = free_port()
+    env = cli_environment(
+        config,
         STATS_WEB_WORKERS="2",
         STATS_WEB_THREADS="8",
         STATS_LOG_LEVEL="WARNING",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
         **settings,
     )
-    log = open(tmp_path / "web.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [*_command(), "web", "--bind", f"127.0.0.1:{port}"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path / "web.log"
+    proc = start_cli(env, "web", "--bind", f"127.0.0.1:{port}", log=log, new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if request(port, "GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "web.log"
-            ).read_text()
-            time.sleep(0.1)
+        try:
+            wait_for_port(port, proc)
+        except (RuntimeError, TimeoutError):
+            raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:

@@ -19,11 +19,9 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,74 +29,48 @@ import pytest
 from payload_stats.buffer.live import top_rows
 from payload_stats.config import Config
 from tests.conftest import payload
+from tests.support.servers import (
+    ROOT,
+    cli_environment,
+    free_port,
+    start_cli,
+    stop,
+    wait_for_port,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("shards", [1], ids=["1shard"])]
 
-ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def process(argv: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[None]:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            wait_for(port, proc, log)
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def started(proc: subprocess.Popen, port: int, log: Path) -> None:
+    try:
+        wait_for_port(port, proc)
+    except (RuntimeError, TimeoutError):
+        stop(proc)
+        raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
 
 
 @pytest.fixture
 def web(config: Config, tmp_path: Path) -> Iterator[int]:
     """``payload-stats web``, 2 workers x 8 threads, on a free port."""
     port = free_port()
-    script = Path(sys.executable).with_name("payload-stats")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "payload_stats"]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("STATS_", "GUNICORN")) and k not in ("REDIS_URL", "DATABASE_URL")
-    }
-    env.update(
-        REDIS_URL=config.redis_url,
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
+    env = cli_environment(
+        config,
         STATS_WEB_WORKERS="2",
         STATS_WEB_THREADS="8",
         STATS_LOG_LEVEL="WARNING",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
     )
-    with process([*command, "web", "--bind", f"127.0.0.1:{port}"], env, port, tmp_path / "web.log"):
+    log = tmp_path / "web.log"
+    proc = start_cli(env, "web", "--bind", f"127.0.0.1:{port}", log=log, new_session=True)
+    started(proc, port, log)
+    try:
         yield port
+    finally:
+        stop(proc)
 
 
 def render(listen: int, upstream: int, prefix: Path) -> str:
@@ -139,8 +111,14 @@ def proxy(web: int, tmp_path: Path) -> Iterator[int]:
         "-g",
         f"pid {prefix / 'nginx.pid'}; daemon off;",
     ]
-    with process(argv, dict(os.environ), port, prefix / "error.log"):
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    started(proc, port, prefix / "error.log")
+    try:
         yield port
+    finally:
+        stop(proc)
 
 
 # --- clients ---------------------------------------------------------------------------------
