@@ -45,9 +45,15 @@ class Config:
     bind: str = "127.0.0.1:8000"
     web_workers: int = 0  # 0: one per CPU core
     web_threads: int = 8
+    web_header_timeout_seconds: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"
     retention_days: int = 365
+    pg_statement_timeout_ms: int = 5000
+    pg_lock_timeout_ms: int = 1000
+    flush_statement_timeout_ms: int = 12000
+    read_concurrency: int = 0  # 0: half of web_threads
+    live_max_keys: int = 20000
     api_token: str | None = field(default=None, repr=False)
     ingest_token: str | None = field(default=None, repr=False)
     failpoint: str | None = field(default=None, repr=False)
@@ -56,10 +62,16 @@ class Config:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the configuration from ``environ`` (default ``os.environ``).
 
-        A variable set to a blank value counts as unset. Raises ConfigError
-        naming the first invalid variable.
+        A variable set to a blank value counts as unset, except the tokens:
+        a blank token is refused rather than read as "no authentication".
+        Raises ConfigError naming the first invalid variable.
         """
-        env = _Env(os.environ if environ is None else environ)
+        source = os.environ if environ is None else environ
+        for name in _TOKENS:
+            raw = source.get(name)
+            if raw is not None and not raw.strip():
+                raise ConfigError(_BLANK_TOKEN.format(name=name))
+        env = _Env(source)
         defaults = cls()
         values = {
             attr: getattr(env, kind)(name, getattr(defaults, attr), **options)
@@ -73,6 +85,18 @@ class Config:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        for name, value in (
+            ("STATS_API_TOKEN", self.api_token),
+            ("STATS_INGEST_TOKEN", self.ingest_token),
+        ):
+            if value is not None and not value.strip():
+                raise ConfigError(_BLANK_TOKEN.format(name=name))
+        if self.web_threads > 1 and self.read_concurrency >= self.web_threads:
+            raise ConfigError(
+                "STATS_READ_CONCURRENCY: must be less than STATS_WEB_THREADS "
+                f"({self.web_threads}), so reads never take every thread "
+                f"(got {self.read_concurrency})"
+            )
         if self.dedup_seconds is not None and self.dedup_seconds > 2 * self.window_seconds:
             raise ConfigError(
                 "STATS_DEDUP_SECONDS: must be at most 2 x STATS_WINDOW_SECONDS "
@@ -90,6 +114,26 @@ class Config:
         four times the payloads of a device sending every 30 s, and at least 600
         (some 70 durations). Past it, docs/retries.md "Bounds" applies."""
         return max(600, 32 * -(-self.window_seconds // 30))
+
+    @property
+    def read_slots(self) -> int:
+        """Concurrent GET /stats and /stats/live requests per web worker."""
+        if self.read_concurrency:
+            return self.read_concurrency
+        return max(1, self.web_threads // 2)
+
+    @property
+    def flush_pg_timeouts_ms(self) -> tuple[int, int]:
+        """(statement, lock) timeouts of the flush's and retention's connections.
+
+        Both are capped at a fifth of STATS_FLUSH_LOCK_SECONDS. The flusher
+        extends its Redis lock between batches; between two extensions it runs
+        at most three statements (upsert, totals, commit; or claim, staging,
+        COPY), so with each bounded by a fifth of the TTL a flush stuck on
+        PostgreSQL gives up, and releases the lock, before the lock can expire.
+        """
+        cap = max(1, int(self.flush_lock_seconds * 1000 / 5))
+        return min(self.flush_statement_timeout_ms, cap), min(self.pg_lock_timeout_ms, cap)
 
     @property
     def dedup_windows(self) -> int:
@@ -204,13 +248,37 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "STATS_BIND": ("bind", "str", {"validate": check_bind}),
     "STATS_WEB_WORKERS": ("web_workers", "int", {"validate": Range(0, 1024)}),
     "STATS_WEB_THREADS": ("web_threads", "int", {"validate": Range(1, 256)}),
+    "STATS_WEB_HEADER_TIMEOUT_SECONDS": (
+        "web_header_timeout_seconds",
+        "float",
+        {**_NUMBER, "validate": [_finite, Range(0.1, 3600)]},
+    ),
     "STATS_LOG_LEVEL": ("log_level", "str", {"validate": _log_level}),
     "STATS_LOG_FORMAT": ("log_format", "str", {"validate": OneOf(("text", "json"))}),
     "STATS_RETENTION_DAYS": ("retention_days", "int", {"validate": Range(0)}),
+    "STATS_PG_STATEMENT_TIMEOUT_MS": (
+        "pg_statement_timeout_ms",
+        "int",
+        {"validate": Range(1, 3_600_000)},
+    ),
+    "STATS_PG_LOCK_TIMEOUT_MS": ("pg_lock_timeout_ms", "int", {"validate": Range(1, 3_600_000)}),
+    "STATS_FLUSH_STATEMENT_TIMEOUT_MS": (
+        "flush_statement_timeout_ms",
+        "int",
+        {"validate": Range(1, 3_600_000)},
+    ),
+    "STATS_READ_CONCURRENCY": ("read_concurrency", "int", {"validate": Range(0, 256)}),
+    "STATS_LIVE_MAX_KEYS": ("live_max_keys", "int", {"validate": Range(100, 10_000_000)}),
     "STATS_API_TOKEN": ("api_token", "str", {}),
     "STATS_INGEST_TOKEN": ("ingest_token", "str", {}),
     "STATS_FAILPOINT": ("failpoint", "str", {"validate": OneOf(FAILPOINTS)}),
 }
+
+_TOKENS = ("STATS_API_TOKEN", "STATS_INGEST_TOKEN")
+_BLANK_TOKEN = (
+    "{name}: must not be empty or blank (unset it to leave these endpoints open; "
+    "a blank token would turn authentication off)"
+)
 
 _SECRET = {"REDIS_URL", "DATABASE_URL", "STATS_API_TOKEN", "STATS_INGEST_TOKEN"}
 

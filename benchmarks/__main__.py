@@ -54,7 +54,8 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         choices=runner.PHASES,
         default=list(runner.DEFAULT_PHASES),
         metavar="PHASE",
-        help=f"phases to run, of {', '.join(runner.PHASES)} [all but workers and profile]",
+        help=f"phases to run, of {', '.join(runner.PHASES)} "
+        "[all but workers, profile and availability]",
     )
     p.add_argument("--batch-size", type=int, default=500, help="payloads per batch request [500]")
     p.add_argument(
@@ -79,6 +80,24 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         default=runner.Options.profile_dir,
         help=f"for --only profile [{runner.Options.profile_dir}]",
     )
+    p.add_argument(
+        "--slow-clients",
+        type=int,
+        default=runner.Options.slow_clients,
+        help="for --only availability: idle and slow connections held open [200]",
+    )
+    p.add_argument(
+        "--probes",
+        type=int,
+        default=runner.Options.probes,
+        help="for --only availability: POST /stats probes per figure [200]",
+    )
+    p.add_argument(
+        "--live-keys",
+        type=int,
+        default=runner.Options.live_keys,
+        help="for --only availability: counter hashes for the GET /stats/live figure [200000]",
+    )
     p.add_argument("--json", help="write the results and the table to this file")
     p.add_argument("--markdown", help="write the machine, command and table as Markdown")
     a = p.parse_args(argv)
@@ -100,6 +119,9 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         redis_url=os.environ.get("REDIS_URL") or runner.Options.redis_url,
         database_url=os.environ.get("DATABASE_URL") or runner.Options.database_url,
         profile_dir=a.profile_dir,
+        slow_clients=a.slow_clients,
+        probes=a.probes,
+        live_keys=a.live_keys,
         log=_log,
     ), a
 

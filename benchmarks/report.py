@@ -256,6 +256,60 @@ def _worker_rows(workers: list[dict[str, Any]]) -> list[Row]:
     ]
 
 
+def _availability_rows(a: dict[str, Any]) -> list[Row]:
+    if not a:
+        return []
+
+    def probe_context(r: dict[str, Any]) -> str:
+        failed = f", {r['failures']} of {r['probes']} failed" if r["failures"] else ""
+        return f"p50 {r['p50_ms']:.1f} / p99 {r['p99_ms']:.1f} ms{failed}"
+
+    rows = []
+    crowd = f"{a['idle']} idle + {a['slow']} slow connections"
+    for name, label in (("direct", "straight to gunicorn"), ("nginx", "through nginx")):
+        quiet, attacked = a[f"quiet_{name}"], a[f"attacked_{name}"]
+        rows.append(
+            Row(
+                f"ingest p99, {crowd}, {label}",
+                _ratio(attacked["p99_ms"], quiet["p99_ms"]),
+                f"quiet, {label}",
+                f"{probe_context(attacked)}; quiet {probe_context(quiet)}",
+            )
+        )
+    locked, quiet, free = a["locked_direct"], a["quiet_direct"], a["readers_direct"]
+    reads = a["reads_locked"]
+    rows.append(
+        Row(
+            "ingest p99, stats locked, 20 readers",
+            _ratio(locked["p99_ms"], quiet["p99_ms"]),
+            "quiet, straight to gunicorn",
+            f"{probe_context(locked)}; reads meanwhile {reads['statuses']}, "
+            f"slowest {reads['slowest_s']} s",
+        )
+    )
+    rows.append(
+        Row(
+            "ingest p99, stats locked, 20 readers",
+            _ratio(locked["p99_ms"], free["p99_ms"]),
+            "the same readers, stats free",
+            f"readers, stats free: {probe_context(free)}",
+        )
+    )
+    live = a.get("live")
+    if live:
+        rows.append(
+            Row(
+                f"GET /stats/live at {live['keys']:,} counters, ms",
+                _ratio(live["bounded_ms"], live["unbounded_ms"]),
+                "one unbounded read (every counter)",
+                f"{live['bounded_ms']:.0f} ms (worst {live['bounded_worst_ms']:.0f}), read "
+                f"{live['counters_read']:,} of {live['counters']:,}; unbounded "
+                f"{live['unbounded_ms']:.0f} ms",
+            )
+        )
+    return rows
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """Every row of the table, in order."""
     return (
@@ -266,6 +320,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         + _flush_rows(results.get("flush", []))
         + _memory_rows(results.get("memory", {}))
         + _worker_rows(results.get("workers", []))
+        + _availability_rows(results.get("availability", {}))
     )
 
 

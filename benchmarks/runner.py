@@ -27,7 +27,7 @@ from redis import Redis
 
 from payload_stats.config import Config
 
-from . import flushbench, memory, sandbox
+from . import availability, flushbench, memory, sandbox
 from .load import LoadResult, LoadSpec, combine, run_load
 from .peers import naive_pg
 from .servers import (
@@ -44,8 +44,8 @@ from .servers import (
 logger = logging.getLogger(__name__)
 
 LOAD_PHASES = ("project", "direct", "naive-pg", "bare", "batch")
-PHASES = (*LOAD_PHASES, "half-load", "flush", "memory", "workers", "profile")
-DEFAULT_PHASES = tuple(p for p in PHASES if p not in ("workers", "profile"))
+PHASES = (*LOAD_PHASES, "half-load", "flush", "memory", "workers", "profile", "availability")
+DEFAULT_PHASES = tuple(p for p in PHASES if p not in ("workers", "profile", "availability"))
 DEFAULT_WORKER_SETUPS = ("sync", "sync:2", "gthread:2x4", "gthread:5x2", "gevent:2", "gevent:5")
 
 
@@ -73,6 +73,11 @@ class Options:
     key_prefix: str | None = None
     own_schema: bool = True
     profile_dir: str = "/tmp/payload-stats-profiles"
+    # --only availability: connections held open by attackers, probes per figure,
+    # counter hashes for the GET /stats/live figure (0: skip it).
+    slow_clients: int = 200
+    probes: int = 200
+    live_keys: int = 200_000
     log: Callable[[str], None] = logger.info
 
 
@@ -303,6 +308,38 @@ class Run:
                     self.o.duration,
                 )
 
+    def availability_phase(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from payload_stats.postgres.migrations import migrate
+        from payload_stats.postgres.pool import database_pool
+
+        pool = database_pool(self.config, 1)
+        try:
+            migrate(pool)  # the table the lock is taken on
+        finally:
+            pool.closeall()
+        self.o.log(
+            f"availability: {self.o.probes} probes per figure, {self.o.slow_clients} "
+            "slow and idle connections, stats locked"
+        )
+        with (
+            self.servers([("project", None)]) as (server,),
+            tempfile.TemporaryDirectory(prefix="bench-nginx-") as tmp,
+        ):
+            self.results["availability"] = availability.run(
+                server.port,
+                self.redis,
+                replace(self.config, key_prefix=self.prefix),
+                Path(tmp),
+                slow_clients=self.o.slow_clients,
+                count=self.o.probes,
+                live_keys=self.o.live_keys,
+                log=self.o.log,
+            )
+            self.results.setdefault("servers", {})["project"] = server.describe()
+
     def cleanup(self) -> None:
         sandbox.delete_prefix(self.redis, self.prefix)
         if self.schema:
@@ -325,6 +362,8 @@ def run(options: Options) -> dict[str, Any]:
             r.workers_phase()
         if "profile" in only:
             r.profile_phase()
+        if "availability" in only:
+            r.availability_phase()
     finally:
         r.cleanup()
     return r.results

@@ -10,10 +10,12 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import psycopg2
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from psycopg2.pool import ThreadedConnectionPool
 from redis import Redis
@@ -24,6 +26,7 @@ from ..buffer.scripts import Scripts
 from ..config import Config
 from ..logs import one_line
 from ..postgres.migrations import migrate
+from ..postgres.pool import is_timeout
 from ..postgres.quarantine import count_unresolved
 from . import retention
 from .failpoints import Failpoint, no_failpoint
@@ -32,6 +35,9 @@ from .flusher import Clock
 from .lock import flush_with_lock
 
 logger = logging.getLogger(__name__)
+
+#: A retention run that gave up (a lock or statement timeout) is tried again after this.
+RETENTION_RETRY = timedelta(minutes=10)
 
 
 class FlushJob:
@@ -74,7 +80,12 @@ class FlushJob:
             )
             isolated = count_unresolved(self.pool)
         except (psycopg2.Error, RedisError, deployment.DeploymentError) as exc:
-            logger.error("flush_failed", extra={"reason": one_line(exc)})
+            # A lock or statement timeout (``postgres.pool.flush_pool``) lands here
+            # too: the flush gave up, its lock is released, the next run retries.
+            logger.error(
+                "flush_failed",
+                extra={"reason": one_line(exc), "timeout": is_timeout(exc)},
+            )
             record_flush(self.redis, self.config, ok=False)
         except Exception:
             logger.exception("flush_failed")
@@ -92,20 +103,38 @@ class FlushJob:
 
 
 class RetentionJob:
-    """Once a day: delete stats rows older than STATS_RETENTION_DAYS."""
+    """Once a day: delete stats rows older than STATS_RETENTION_DAYS.
+
+    A run that fails (PostgreSQL down, or a lock it gave up waiting for) logs
+    ``retention_failed`` and calls ``retry`` (``build_scheduler`` makes it run
+    again after RETENTION_RETRY); the batches it committed stay deleted.
+    """
 
     def __init__(
-        self, pool: ThreadedConnectionPool, config: Config, clock: Clock = time.time
+        self,
+        pool: ThreadedConnectionPool,
+        config: Config,
+        clock: Clock = time.time,
+        retry: Callable[[], None] = lambda: None,
     ) -> None:
         self.pool = pool
         self.config = config
         self.clock = clock
+        self.retry = retry
 
     def __call__(self) -> None:
         try:
             retention.prune(self.pool, self.config.retention_days, self.clock())
         except psycopg2.Error as exc:
-            logger.error("retention_failed", extra={"reason": one_line(exc)})
+            logger.error(
+                "retention_failed",
+                extra={
+                    "reason": one_line(exc),
+                    "timeout": is_timeout(exc),
+                    "retry_in_s": int(RETENTION_RETRY.total_seconds()),
+                },
+            )
+            self.retry()
 
 
 def build_scheduler(
@@ -137,6 +166,17 @@ def build_scheduler(
             misfire_grace_time=3600,
             next_run_time=datetime.now(timezone.utc) + timedelta(minutes=1),
         )
+
+        def retry() -> None:
+            scheduler.add_job(
+                retention_job,
+                DateTrigger(datetime.now(timezone.utc) + RETENTION_RETRY),
+                id="retention-retry",
+                name="delete old stats rows (retry)",
+                replace_existing=True,
+            )
+
+        retention_job.retry = retry
     return scheduler
 
 

@@ -20,7 +20,7 @@ from ..flush.lock import flush_with_lock
 from ..logs import one_line
 from ..postgres import quarantine as quarantine_rows
 from ..postgres.migrations import migrate
-from ..postgres.pool import database_pool
+from ..postgres.pool import database_pool, flush_pool
 from . import embedded, processes, startup
 
 # Exit codes: 1 a server cannot be reached, 2 refused as configured, 3 rows
@@ -103,7 +103,7 @@ def flush() -> None:
     _require(config, "REDIS_URL", "DATABASE_URL")
     failpoint = failpoints.from_config(config.failpoint)
     redis = redis_client(config)
-    pool = database_pool(config, 1)
+    pool = flush_pool(config, 1)
     _start(config, redis, pool, migrate_schema=True)
     try:
         # Wait for a running scheduler flush; if it is stuck, go ahead anyway:
@@ -150,7 +150,7 @@ def scheduler_command() -> None:
     os.environ.setdefault("STATS_LOG_FORMAT", "json")
     config = _config()
     _require(config, "REDIS_URL", "DATABASE_URL")
-    redis, pool = redis_client(config), database_pool(config, 2)
+    redis, pool = redis_client(config), flush_pool(config, 2)
     _start(config, redis, pool, migrate_schema=True, tolerate_down=True)
     scheduler.run(redis, pool, config, failpoints.from_config(config.failpoint))
 
@@ -158,10 +158,15 @@ def scheduler_command() -> None:
 @cli.command()
 @click.option("--once", is_flag=True, help="Print one table and exit (for scripts).")
 @click.option(
-    "--limit", default=20, show_default=True, type=click.IntRange(1), help="Rows shown, by traffic."
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Rows shown, by traffic.",
 )
 @click.option("--customer", help="Only this customer.")
-def live(once: bool, limit: int, customer: str | None) -> None:
+@click.option("--content", help="Only this content.")
+def live(once: bool, limit: int, customer: str | None, content: str | None) -> None:
     """Watch the open window's traffic, refreshed every second."""
     from . import terminal  # rich is only needed here
 
@@ -170,7 +175,7 @@ def live(once: bool, limit: int, customer: str | None) -> None:
     redis = redis_client(config)
     _start(config, redis, None)
     try:
-        terminal.run(redis, config, once=once, limit=limit, customer=customer)
+        terminal.run(redis, config, once=once, limit=limit, customer=customer, content=content)
     except RedisError as exc:
         _fail(f"Redis: {one_line(exc)}")
 

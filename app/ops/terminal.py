@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..buffer.live import LiveRow, live_rows
+from ..buffer.live import LiveRead, LiveRow, top_rows
 from ..config import Config
 from ..windows import window_end, window_index
 
@@ -24,8 +24,11 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
-def render(rows: list[LiveRow], config: Config, now: float, limit: int) -> Group:
+def render(rows: list[LiveRow] | LiveRead, config: Config, now: float, limit: int) -> Group:
     """The table of the window open at ``now``: rows by traffic, most first."""
+    read = rows if isinstance(rows, LiveRead) else None
+    if read is not None:
+        rows = read.rows
     length = config.window_seconds
     k = window_index(now, length)
     elapsed = max(1.0, now - k * length)
@@ -47,8 +50,14 @@ def render(rows: list[LiveRow], config: Config, now: float, limit: int) -> Group
             str(r.sessions),
             f"{r.payloads / elapsed:.1f}",
         )
-    total = len(rows)
-    footer = Text(f"{min(limit, total)} of {total} customer/content pairs", style="dim")
+    total = len(rows) if read is None else read.matched
+    note = f"{min(limit, len(rows))} of {total} customer/content pairs"
+    if read is not None and not read.complete:
+        note += (
+            f" (partial: read {read.counters_read:,} of {read.counters:,} counters, "
+            "STATS_LIVE_MAX_KEYS)"
+        )
+    footer = Text(note, style="dim")
     return Group(table, footer)
 
 
@@ -59,6 +68,7 @@ def run(
     once: bool,
     limit: int,
     customer: str | None = None,
+    content: str | None = None,
     clock: Callable[[], float] = time.time,
     console: Console | None = None,
 ) -> None:
@@ -71,8 +81,10 @@ def run(
     def frame() -> Group:
         now = clock()
         k = window_index(now, config.window_seconds)
-        rows = live_rows(redis, config, customer=customer, only_window=k)
-        return render(rows, config, now, limit)
+        found = top_rows(
+            redis, config, customer=customer, content=content, only_window=k, limit=limit
+        )
+        return render(found, config, now, limit)
 
     if once:
         console.print(frame())

@@ -35,6 +35,9 @@ def migrate(pool: ThreadedConnectionPool) -> list[str]:
     applied_now = []
     with connection(pool) as conn:
         with conn, conn.cursor() as cur:
+            # A migration may rebuild a large table: no timeout of the pool applies.
+            cur.execute("SET LOCAL statement_timeout = 0")
+            cur.execute("SET LOCAL lock_timeout = 0")
             # Serialises concurrent starts (web, scheduler, init-db) on one database.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
             cur.execute(sql("create_migrations_table"))

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.errors import LockNotAvailable, QueryCanceled
 from psycopg2.pool import ThreadedConnectionPool
 
 from ..config import Config, ConfigError
@@ -17,22 +18,90 @@ CONNECT_TIMEOUT_SECONDS = 5
 Connection = psycopg2.extensions.connection
 
 
-def create_pool(database_url: str, maxconn: int = 4) -> ThreadedConnectionPool:
-    """A pool that connects lazily: creating it never touches the network."""
+# A dead peer (a partition, a host gone) is noticed within about 20 s even
+# when PostgreSQL's own timeouts cannot fire: TCP keepalives.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+}
+
+
+def create_pool(
+    database_url: str,
+    maxconn: int = 4,
+    *,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
+) -> ThreadedConnectionPool:
+    """A pool that connects lazily: creating it never touches the network.
+
+    With timeouts, every statement of every connection of the pool has them
+    (libpq ``options``, added to any the URL already holds): a statement that
+    runs, or waits for a lock, longer is cancelled with QueryCanceled or
+    LockNotAvailable.
+    """
+    extra = {}
+    settings = [
+        f"-c {name}={value}"
+        for name, value in (
+            ("statement_timeout", statement_timeout_ms),
+            ("lock_timeout", lock_timeout_ms),
+        )
+        if value is not None
+    ]
+    if settings:
+        given = psycopg2.extensions.parse_dsn(database_url).get("options", "")
+        extra["options"] = " ".join([given, *settings]).strip()
     return ThreadedConnectionPool(
         0,
         maxconn,
         database_url,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         application_name="payload-stats",
+        **KEEPALIVES,
+        **extra,
     )
 
 
 def database_pool(config: Config, maxconn: int = 4) -> ThreadedConnectionPool:
-    """The pool of ``config.database_url``. Raises ConfigError when it is not set."""
+    """The pool of ``config.database_url``, without statement or lock timeouts
+    (migrations, tests). Raises ConfigError when it is not set."""
     if not config.database_url:
         raise ConfigError("DATABASE_URL is not set")
     return create_pool(config.database_url, maxconn)
+
+
+def web_pool(config: Config, maxconn: int) -> ThreadedConnectionPool:
+    """The pool of the request path: STATS_PG_STATEMENT_TIMEOUT_MS and
+    STATS_PG_LOCK_TIMEOUT_MS on every statement, so a slow or locked table
+    answers 503 instead of holding a web thread."""
+    if not config.database_url:
+        raise ConfigError("DATABASE_URL is not set")
+    return create_pool(
+        config.database_url,
+        maxconn,
+        statement_timeout_ms=config.pg_statement_timeout_ms,
+        lock_timeout_ms=config.pg_lock_timeout_ms,
+    )
+
+
+def flush_pool(config: Config, maxconn: int = 2) -> ThreadedConnectionPool:
+    """The pool of the flush and retention: their statements give up (and the
+    run is retried later) instead of waiting on a lock for ever, and end well
+    before the flusher's Redis lock expires (``Config.flush_pg_timeouts_ms``)."""
+    if not config.database_url:
+        raise ConfigError("DATABASE_URL is not set")
+    statement_ms, lock_ms = config.flush_pg_timeouts_ms
+    return create_pool(
+        config.database_url, maxconn, statement_timeout_ms=statement_ms, lock_timeout_ms=lock_ms
+    )
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a statement or lock timeout (PostgreSQL gave up waiting)."""
+    return isinstance(exc, (QueryCanceled, LockNotAvailable))
 
 
 @contextmanager

@@ -41,5 +41,6 @@ def fetch(pool: ThreadedConnectionPool, query: Query) -> tuple[list[tuple], str 
         finally:
             conn.rollback()
     more = len(rows) > query.limit
-    rows = rows[: query.limit]
+    # Rollup sums are numeric (Decimal): exact integers, however large.
+    rows = [(*row[:3], *(int(v) for v in row[3:])) for row in rows[: query.limit]]
     return rows, encode_cursor(query, rows[-1]) if more else None

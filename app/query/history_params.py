@@ -16,6 +16,9 @@ from marshmallow.validate import OneOf
 BUCKETS = {"5m": "5 minutes", "1h": "1 hour", "1d": "1 day"}
 GROUPS = {"customer": (True, False), "content": (False, True), "customer,content": (True, True)}
 MAX_LIMIT = 1000
+# A cursor this service wrote is some 100 characters plus the names (256
+# characters each at most, 4 bytes each in UTF-8, base64: 4/3).
+MAX_CURSOR = 4096
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class Query:
 
 
 def parse_time(text: str) -> datetime:
-    """An ISO 8601 instant; without an offset it is UTC. Raises ValueError."""
+    """An ISO 8601 instant; without an offset it is UTC. Raises ValueError,
+    also for an instant outside years 1..9999 once in UTC
+    (``9999-12-31T23:59:59-01:00``)."""
     if not isinstance(text, str):
         raise ValueError("not a string")
     text = text.strip().replace("Z", "+00:00").replace("z", "+00:00")
@@ -46,7 +51,21 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     # In UTC: PostgreSQL refuses offsets beyond 15:59 that Python accepts.
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range once in UTC") from None
+
+
+def is_text(value: Any) -> bool:
+    """A string PostgreSQL can take: no NUL, and valid UTF-8 (no lone surrogate)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_cursor(query: Query, row: tuple) -> str:
@@ -55,14 +74,24 @@ def encode_cursor(query: Query, row: tuple) -> str:
 
 
 def decode_cursor(text: str, group_by: str | None, bucket: str | None) -> tuple:
-    """The (time, customer, content) a page ended at. Raises ValidationError."""
+    """The (time, customer, content) a page ended at. Raises ValidationError.
+
+    Whatever the text holds (any bytes, any JSON, deep nesting, NUL, lone
+    surrogates, times out of range), the answer is a value or ValidationError.
+    """
     try:
+        if len(text) > MAX_CURSOR:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        t, customer, content, g, b = json.loads(raw)
-        if not (isinstance(customer, str) and isinstance(content, str)):
-            raise ValueError
+        parts = json.loads(raw)
+        if not (isinstance(parts, list) and len(parts) == 5):
+            raise ValueError("not a cursor")
+        t, customer, content, g, b = parts
+        if not (is_text(t) and is_text(customer) and is_text(content)):
+            raise ValueError("not a cursor")
         after = (parse_time(t), customer, content)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        # UnicodeDecodeError and json's errors are ValueErrors.
         raise ValidationError("Not a cursor returned by this endpoint.", "cursor") from None
     if (g, b) != (group_by, bucket):
         raise ValidationError("The cursor belongs to another group_by/bucket.", "cursor")
@@ -96,8 +125,9 @@ class Limit(fields.Integer):
 
 
 def no_nul(value: str) -> None:
-    if "\x00" in value:
-        raise ValidationError("Must not contain NUL characters.")
+    """A filter PostgreSQL can compare: no NUL, no lone surrogate."""
+    if not is_text(value):
+        raise ValidationError("Must not contain NUL characters or lone surrogates.")
 
 
 class HistoryArgs(Schema):

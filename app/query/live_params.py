@@ -7,13 +7,14 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, post_load, pre_load
 
-from .history_params import no_nul
+from .history_params import Limit, no_nul
 
 
 @dataclass(frozen=True)
 class LiveQuery:
     customer: str | None = None
     content: str | None = None
+    limit: int = 100
 
 
 class LiveArgs(Schema):
@@ -24,10 +25,14 @@ class LiveArgs(Schema):
 
     customer = fields.String(validate=no_nul, metadata={"description": "Only this customer"})
     content = fields.String(validate=no_nul, metadata={"description": "Only this content"})
+    limit = Limit(
+        load_default=100, metadata={"description": "Rows, the most traffic first (1..1000)"}
+    )
 
     @pre_load
     def drop_empty(self, data: Any, **kwargs: Any) -> dict[str, Any]:
-        return {k: v for k, v in data.items() if v != ""}
+        # An empty filter means no filter; an empty limit is still an error.
+        return {k: v for k, v in data.items() if v != "" or k == "limit"}
 
     @post_load
     def make_query(self, data: dict[str, Any], **kwargs: Any) -> LiveQuery:

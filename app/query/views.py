@@ -7,10 +7,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg2
-from flask import current_app, jsonify
+from flask import current_app, g, jsonify
 from redis.exceptions import RedisError
 
 from ..buffer import live
+from ..postgres.pool import is_timeout
 from ..web.auth import require_bearer
 from ..web.docs import Blueprint, error_responses
 from ..web.errors import InvalidParameter, Unavailable
@@ -26,6 +27,21 @@ bp = Blueprint("query", __name__, description="Reading the numbers back")
 def authenticate() -> None:
     # Before the parameters are parsed: a stranger learns nothing from a 400.
     require_bearer(current_app.extensions["payload_stats"].config.api_token)
+
+
+@bp.before_request
+def take_read_slot() -> None:
+    # Reads never queue for a thread: past STATS_READ_CONCURRENCY at once in this
+    # worker they are refused at once, so the other threads stay free for ingest.
+    if not current_app.extensions["payload_stats"].read_slots.acquire(blocking=False):
+        raise Unavailable("Too many reads in progress; retry shortly.")
+    g.read_slot = True
+
+
+@bp.teardown_request
+def give_read_slot(exc: BaseException | None) -> None:
+    if g.pop("read_slot", False):
+        current_app.extensions["payload_stats"].read_slots.release()
 
 
 def _iso(moment: datetime) -> str:
@@ -56,8 +72,14 @@ def get_history(query: history_params.Query):
     except psycopg2.DataError as exc:  # a value PostgreSQL cannot represent
         raise InvalidParameter({"query": [" ".join(str(exc).split())]}) from None
     except psycopg2.Error as exc:
+        reason = " ".join(str(exc).split())
+        if is_timeout(exc):
+            # A locked or overloaded table: STATS_PG_STATEMENT_TIMEOUT_MS or
+            # STATS_PG_LOCK_TIMEOUT_MS expired, the statement was cancelled.
+            logger.warning("postgres_timeout", extra={"reason": reason})
+            raise Unavailable("The stats database did not answer in time; retry shortly.") from None
         # Down, or not migrated yet (payload-stats init-db): nothing the client did.
-        logger.warning("postgres_unavailable", extra={"reason": " ".join(str(exc).split())})
+        logger.warning("postgres_unavailable", extra={"reason": reason})
         raise Unavailable("The stats database is unavailable; retry shortly.") from None
     by_customer, by_content = history_params.GROUPS.get(query.group_by, (True, True))
     out = []
@@ -79,16 +101,25 @@ def get_history(query: history_params.Query):
 @bp.doc(
     security=[{"bearer": []}],
     responses={
-        200: {"description": 'Live rows: {"rows": [...]}'},
+        200: {
+            "description": 'The top rows by traffic: {"rows": [...], "truncated": bool, '
+            '"matched": rows found, "counters": counter hashes in Redis, "counters_read": '
+            "of which read (at most STATS_LIVE_MAX_KEYS)}"
+        },
         **error_responses(400, 401, 503),
     },
 )
 def get_live(query: LiveQuery):
-    """Counters still in Redis: the open window and windows not yet flushed."""
+    """Counters still in Redis (the open window and windows not yet flushed):
+    the rows with the most traffic (cdn + p2p) first."""
     services = current_app.extensions["payload_stats"]
     try:
-        rows = live.live_rows(
-            services.redis, services.config, customer=query.customer, content=query.content
+        found = live.top_rows(
+            services.redis,
+            services.config,
+            customer=query.customer,
+            content=query.content,
+            limit=query.limit,
         )
     except RedisError as exc:
         logger.warning("redis_unavailable", extra={"reason": str(exc)})
@@ -105,6 +136,10 @@ def get_live(query: LiveQuery):
                 "payloads": r.payloads,
                 "p2p_share": _share(r.cdn, r.p2p),
             }
-            for r in rows
-        ]
+            for r in found.rows
+        ],
+        truncated=found.truncated,
+        matched=found.matched,
+        counters=found.counters,
+        counters_read=found.counters_read,
     )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ..config import Config
 from ..ingest import views as ingest_views
 from ..ingest.group_commit import GroupCommit
 from ..ingest.schema import PayloadSchema
-from ..postgres.pool import database_pool
+from ..postgres.pool import web_pool
 from ..query import views as query_views
 from . import docs, errors, health, metrics
 from .metrics import Metrics
@@ -39,6 +40,9 @@ class Services:
     metrics: Metrics
     pool: ThreadedConnectionPool | None  # None: DATABASE_URL unset (ingest only)
     ingest: GroupCommit  # this process's shared INGEST calls
+    # GET /stats and /stats/live running at once in this process, at most; the
+    # other threads stay free for ingest (payload_stats.query.views).
+    read_slots: threading.BoundedSemaphore
 
 
 def create_app(config: Config | None = None, *, clock: Callable[[], float] | None = None) -> Flask:
@@ -62,8 +66,10 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
         clock=clock or time.time,
         metrics=Metrics(),
         # One connection per gunicorn thread at most: a request never waits for one.
-        pool=database_pool(config, config.web_threads) if config.database_url else None,
+        # Every statement has a statement and a lock timeout (STATS_PG_*_TIMEOUT_MS).
+        pool=web_pool(config, config.web_threads) if config.database_url else None,
         ingest=GroupCommit(partial(record_entries, redis, scripts, config)),
+        read_slots=threading.BoundedSemaphore(config.read_slots),
     )
     app.extensions["payload_stats"] = services
     docs.init_app(app, [ingest_views.bp, query_views.bp, health.bp, metrics.bp])

@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from payload_stats.buffer.connection import redis_client
-from payload_stats.buffer.live import live_rows
+from payload_stats.buffer.live import top_rows
 from payload_stats.config import Config
 from payload_stats.flush.flusher import flush_once
 from payload_stats.postgres.migrations import migrate
@@ -94,7 +94,7 @@ def chunks(body: bytes, size: int = 1000) -> Iterator[bytes]:
 
 def counted(redis, config, customer: str) -> tuple[int, int, int, int, int] | None:
     """(cdn, p2p, sessions, payloads, watch_ms) buffered for ``customer``, all windows."""
-    rows = live_rows(redis, config, customer=customer)
+    rows = top_rows(redis, config, customer=customer, limit=None).rows
     if not rows:
         return None
     return tuple(
@@ -232,4 +232,4 @@ def test_what_was_accepted_reaches_postgresql_exactly(served, redis):
     for customer, sums in buffered.items():
         found = [v for (_, cu, _), v in rows.items() if cu == customer]
         assert (tuple(map(sum, zip(*found, strict=True))) if found else None) == sums
-    assert live_rows(redis, config) == []
+    assert top_rows(redis, config, limit=None).rows == []

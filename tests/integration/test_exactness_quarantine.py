@@ -16,7 +16,7 @@ import pytest
 
 from payload_stats.buffer import keys as k_
 from payload_stats.buffer.keys import Keys
-from payload_stats.buffer.live import live_rows
+from payload_stats.buffer.live import top_rows
 from payload_stats.buffer.snapshots import buffered_windows, pending_snapshots
 from payload_stats.flush.flusher import flush_once
 from payload_stats.flush.scheduler import FlushJob
@@ -111,7 +111,7 @@ def test_spilled_counter_is_counted_then_isolated_exactly(
     cdn = 2 * (MAX_BIGINT - 1) + 10**12 + 5
     p2p = MAX_BIGINT - 2 + 10**12
     watch = MAX_BIGINT - 3 + MAX_SAFE + 7
-    live = {(r.customer, r.content): r for r in live_rows(redis, config)}
+    live = {(r.customer, r.content): r for r in top_rows(redis, config, limit=None).rows}
     assert (live["big", "movie"].cdn, live["big", "movie"].p2p, live["big", "movie"].watch_ms) == (
         cdn,
         p2p,
@@ -348,7 +348,7 @@ def test_watch_time_past_bigint_is_isolated_exactly(config, redis, pool, client,
             str(1024 * MAX_SAFE).encode(),
             str(MAX_SAFE).encode(),
         )
-    [live] = [r for r in live_rows(redis, config) if r.customer == "long"]
+    [live] = [r for r in top_rows(redis, config, limit=None).rows if r.customer == "long"]
     assert (live.watch_ms, live.payloads) == (watch, 1025)
 
     clock.now = FLUSH_AT

@@ -110,7 +110,8 @@ def live(client, **params: Any) -> dict[tuple, dict[str, Any]]:
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.is_json
     body = response.get_json()
-    assert set(body) == {"rows"}
+    assert set(body) == {"rows", "truncated", "matched", "counters", "counters_read"}
+    assert body["truncated"] is False  # these tests stay far below every bound
     rows = {(r["time"], r["customer"], r["content"]): r for r in body["rows"]}
     assert len(rows) == len(body["rows"]), "a (window, customer, content) row was repeated"
     return rows
@@ -254,7 +255,13 @@ def test_p2p_share(client, sender, model):
 
 
 def test_empty(client):
-    assert client.get("/stats/live").get_json() == {"rows": []}
+    assert client.get("/stats/live").get_json() == {
+        "rows": [],
+        "truncated": False,
+        "matched": 0,
+        "counters": 0,
+        "counters_read": 0,
+    }
 
 
 def test_reads_through_the_window_index_in_a_few_pipelined_round_trips(

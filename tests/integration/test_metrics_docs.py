@@ -438,7 +438,7 @@ def test_read_endpoints_document_their_parameters_and_errors(client):
     }
     assert {"200", "400", "401", "503"} <= set(history["responses"])
     live = spec["paths"]["/stats/live"]["get"]
-    assert {p["name"] for p in live["parameters"]} == {"customer", "content"}
+    assert {p["name"] for p in live["parameters"]} == {"customer", "content", "limit"}
     payload_schema = spec["components"]["schemas"]["Payload"]
     assert set(payload_schema["required"]) == {
         "token",

@@ -30,9 +30,15 @@ ALL_SET = {
     "STATS_BIND": "0.0.0.0:9000",
     "STATS_WEB_WORKERS": "4",
     "STATS_WEB_THREADS": "16",
+    "STATS_WEB_HEADER_TIMEOUT_SECONDS": "2.5",
     "STATS_LOG_LEVEL": "debug",
     "STATS_LOG_FORMAT": "json",
     "STATS_RETENTION_DAYS": "30",
+    "STATS_PG_STATEMENT_TIMEOUT_MS": "2500",
+    "STATS_PG_LOCK_TIMEOUT_MS": "500",
+    "STATS_FLUSH_STATEMENT_TIMEOUT_MS": "9000",
+    "STATS_READ_CONCURRENCY": "3",
+    "STATS_LIVE_MAX_KEYS": "5000",
     "STATS_API_TOKEN": "api-secret",
     "STATS_INGEST_TOKEN": "ingest-secret",
     "STATS_FAILPOINT": "mid_batch",
@@ -56,9 +62,15 @@ ALL_SET_EXPECTED = {
     "bind": "0.0.0.0:9000",
     "web_workers": 4,
     "web_threads": 16,
+    "web_header_timeout_seconds": 2.5,
     "log_level": "DEBUG",
     "log_format": "json",
     "retention_days": 30,
+    "pg_statement_timeout_ms": 2500,
+    "pg_lock_timeout_ms": 500,
+    "flush_statement_timeout_ms": 9000,
+    "read_concurrency": 3,
+    "live_max_keys": 5000,
     "api_token": "api-secret",
     "ingest_token": "ingest-secret",
     "failpoint": "mid_batch",
@@ -123,7 +135,9 @@ def test_surrounding_white_space_is_ignored() -> None:
 
 @pytest.mark.parametrize("blank", ["", " ", "\t\n"])
 def test_blank_values_mean_default(blank: str) -> None:
-    assert Config.from_env(dict.fromkeys(VARIABLES, blank)) == Config()
+    # Except the tokens: a blank token is an error (tests/unit/test_config_availability.py).
+    settings = {name: blank for name in VARIABLES if not name.endswith("_TOKEN")}
+    assert Config.from_env(settings) == Config()
 
 
 @pytest.mark.parametrize(

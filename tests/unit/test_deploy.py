@@ -41,7 +41,14 @@ def _documented_commands() -> set[str]:
 
 
 def test_the_stack_has_its_services(compose):
-    assert set(compose["services"]) == {"redis", "postgres", "init-db", "web", "scheduler"}
+    assert set(compose["services"]) == {
+        "redis",
+        "postgres",
+        "init-db",
+        "web",
+        "scheduler",
+        "nginx",
+    }
 
 
 def test_redis_keeps_every_write_on_disk(compose):

@@ -1,5 +1,6 @@
 -- One page of stats rolled up into time buckets and groups, in keyset order.
 -- A column not grouped by is '' in every row; a NULL bucket keeps window times.
+-- The sums stay numeric (sum of bigint): a rollup may pass 2^63 - 1.
 SELECT time, customer, content, cdn, p2p, sessions, payloads
 FROM (
     SELECT CASE WHEN %(bucket)s::interval IS NULL THEN time
@@ -7,8 +8,8 @@ FROM (
            END AS time,
            CASE WHEN %(by_customer)s THEN customer ELSE '' END AS customer,
            CASE WHEN %(by_content)s THEN content ELSE '' END AS content,
-           sum(cdn)::bigint AS cdn, sum(p2p)::bigint AS p2p,
-           sum(sessions)::bigint AS sessions, sum(payloads)::bigint AS payloads
+           sum(cdn) AS cdn, sum(p2p) AS p2p,
+           sum(sessions) AS sessions, sum(payloads) AS payloads
     FROM stats
     WHERE (%(customer)s::text IS NULL OR customer = %(customer)s)
       AND (%(content)s::text IS NULL OR content = %(content)s)
