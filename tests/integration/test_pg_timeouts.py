@@ -24,7 +24,7 @@ import psycopg2.errors
 import pytest
 from redis import Redis
 
-from payload_stats.buffer import ingest, keys
+from payload_stats.buffer import counters, ingest, keys
 from payload_stats.buffer.scripts import Scripts
 from payload_stats.config import Config
 from payload_stats.flush.lock import flush_with_lock
@@ -395,5 +395,5 @@ def test_a_locked_stats_table_does_not_slow_ingest(config, pool, redis, tmp_path
         name = keys.Keys(config.key_prefix).counters(
             0, window, keys.encode_ident("probe", "movie-1")
         )
-        counted += int(redis.hget(name, keys.CDN) or 0)
+        counted += int(redis.hget(name, counters.CDN) or 0)
     assert counted == cdn_quiet + cdn_locked
