@@ -29,6 +29,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     redis_url: str | None = None
+    redis_cluster: bool = False  # REDIS_URL names a node of a Redis Cluster
+    redis_wait_replicas: int = 0  # on a cluster: replicas that must hold a write before 2xx
     database_url: str | None = None
     window_seconds: int = 300
     flush_grace_seconds: float = 5.0
@@ -97,11 +99,38 @@ class Config:
                 f"({self.web_threads}), so reads never take every thread "
                 f"(got {self.read_concurrency})"
             )
+        if self.redis_cluster:
+            self._check_cluster()
+        elif self.redis_wait_replicas:
+            raise ConfigError(
+                "STATS_REDIS_WAIT_REPLICAS: only with STATS_REDIS_CLUSTER=1 "
+                f"(got {self.redis_wait_replicas})"
+            )
         if self.dedup_seconds is not None and self.dedup_seconds > 2 * self.window_seconds:
             raise ConfigError(
                 "STATS_DEDUP_SECONDS: must be at most 2 x STATS_WINDOW_SECONDS "
                 f"({2 * self.window_seconds}), as long as token memory lasts "
                 f"(got {self.dedup_seconds})"
+            )
+
+    def _check_cluster(self) -> None:
+        if self.dedup_seconds == 0:
+            # A batch spanning shards is written per shard on a cluster; a batch
+            # resent after a partial failure counts its written items once only
+            # because they are recognised as retries (docs/payload.md, "Batches").
+            raise ConfigError(
+                "STATS_DEDUP_SECONDS: 0 cannot be used with STATS_REDIS_CLUSTER=1: a batch "
+                "resent after some shards failed would count its written payloads twice"
+            )
+        url = self.redis_url or ""
+        if url.startswith("unix://"):
+            raise ConfigError(
+                "REDIS_URL: STATS_REDIS_CLUSTER=1 needs a redis:// or rediss:// URL of a node"
+            )
+        db = url.split("://", 1)[-1].partition("?")[0].partition("/")[2]
+        if db not in ("", "0"):
+            raise ConfigError(
+                f"REDIS_URL: a Redis Cluster has only database 0 (the URL names database {db!r})"
             )
 
     @property
@@ -212,6 +241,8 @@ _NUMBER = {"allow_nan": True}  # NaN and infinities get our own message, not a p
 # Environment variable -> (Config attribute, environs parser, its options).
 _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "REDIS_URL": ("redis_url", "str", {"validate": _url("redis", "rediss", "unix")}),
+    "STATS_REDIS_CLUSTER": ("redis_cluster", "bool", {}),
+    "STATS_REDIS_WAIT_REPLICAS": ("redis_wait_replicas", "int", {"validate": Range(0, 16)}),
     "DATABASE_URL": ("database_url", "str", {"validate": _url("postgresql", "postgres")}),
     "STATS_WINDOW_SECONDS": ("window_seconds", "int", {"validate": Range(1, 86400)}),
     "STATS_FLUSH_GRACE_SECONDS": (

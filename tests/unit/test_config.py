@@ -14,7 +14,9 @@ from payload_stats.config import VARIABLES, Config, ConfigError
 
 # Every variable set to a non-default value, and the Config it must give.
 ALL_SET = {
-    "REDIS_URL": "redis://cache.internal:6380/2",
+    "REDIS_URL": "redis://cache.internal:6380/0",
+    "STATS_REDIS_CLUSTER": "1",
+    "STATS_REDIS_WAIT_REPLICAS": "1",
     "DATABASE_URL": "postgresql://stats@db.internal:5433/stats",
     "STATS_WINDOW_SECONDS": "60",
     "STATS_FLUSH_GRACE_SECONDS": "2.5",
@@ -46,7 +48,9 @@ ALL_SET = {
 }
 
 ALL_SET_EXPECTED = {
-    "redis_url": "redis://cache.internal:6380/2",
+    "redis_url": "redis://cache.internal:6380/0",
+    "redis_cluster": True,
+    "redis_wait_replicas": 1,
     "database_url": "postgresql://stats@db.internal:5433/stats",
     "window_seconds": 60,
     "flush_grace_seconds": 2.5,
@@ -83,6 +87,8 @@ def test_defaults() -> None:
 
     assert config == Config()
     assert config.redis_url is None
+    assert config.redis_cluster is False
+    assert config.redis_wait_replicas == 0
     assert config.database_url is None
     assert config.window_seconds == 300
     assert config.window_ms == 300_000
@@ -167,6 +173,8 @@ def test_blank_values_mean_default(blank: str) -> None:
         ("STATS_LOG_LEVEL", "Warning", "log_level", "WARNING"),
         ("STATS_FAILPOINT", "after_freeze", "failpoint", "after_freeze"),
         ("STATS_FAILPOINT", "after_commit", "failpoint", "after_commit"),
+        ("STATS_REDIS_CLUSTER", "true", "redis_cluster", True),
+        ("STATS_REDIS_CLUSTER", "0", "redis_cluster", False),
     ],
 )
 def test_edge_values_are_accepted(name: str, raw: str, attr: str, expected: object) -> None:
@@ -241,6 +249,9 @@ def test_edge_values_are_accepted(name: str, raw: str, attr: str, expected: obje
         ("STATS_LOG_FORMAT", "xml"),
         ("STATS_FAILPOINT", "before_freeze"),
         ("STATS_FAILPOINT", "after_freeze,mid_batch"),
+        ("STATS_REDIS_CLUSTER", "cluster"),
+        ("STATS_REDIS_WAIT_REPLICAS", "-1"),
+        ("STATS_REDIS_WAIT_REPLICAS", "17"),
     ],
 )
 def test_invalid_value_raises_a_one_line_error_naming_the_variable(name: str, raw: str) -> None:
@@ -316,3 +327,35 @@ def test_errors_never_echo_a_url_that_may_hold_a_password(name: str, value: str)
         Config.from_env({name: value})
     assert str(caught.value).startswith(f"{name}:")
     assert "hunter2" not in str(caught.value)
+
+
+CLUSTER = {"STATS_REDIS_CLUSTER": "1", "REDIS_URL": "redis://10.0.0.7:7000"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        # A batch resent after a partial failure relies on retry recognition.
+        ({"STATS_DEDUP_SECONDS": "0"}, "STATS_DEDUP_SECONDS"),
+        ({"REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://10.0.0.7:7000/3"}, "REDIS_URL"),
+    ],
+)
+def test_cluster_mode_refuses_what_a_cluster_cannot_do(changes, variable) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Config.from_env({**CLUSTER, **changes})
+    assert str(excinfo.value).startswith(f"{variable}: ")
+    assert "\n" not in str(excinfo.value)
+
+
+def test_waiting_for_replicas_needs_cluster_mode() -> None:
+    with pytest.raises(ConfigError, match=r"^STATS_REDIS_WAIT_REPLICAS: "):
+        Config.from_env({"STATS_REDIS_WAIT_REPLICAS": "1"})
+    assert Config.from_env({**CLUSTER, "STATS_REDIS_WAIT_REPLICAS": "1"}).redis_wait_replicas == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://10.0.0.7:7000", "redis://10.0.0.7:7000/0", "rediss://h:1/0"]
+)
+def test_cluster_urls_of_database_0(url: str) -> None:
+    assert Config.from_env({**CLUSTER, "REDIS_URL": url}).redis_cluster
