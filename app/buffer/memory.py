@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
+from .connection import is_cluster, primaries_info
+
 SAFE_POLICY = "noeviction"
 
 
@@ -41,8 +43,21 @@ class MemoryState:
 
 
 def memory_state(redis: Redis) -> MemoryState:
-    """One INFO MEMORY call (works where CONFIG is disabled). Raises RedisError."""
-    info = redis.info("memory")
+    """One INFO MEMORY call (works where CONFIG is disabled). Raises RedisError.
+
+    On Redis Cluster, one per master: the state of the fullest master (the
+    first to refuse writes), and a policy other than noeviction if any master
+    has one.
+    """
+    if is_cluster(redis):
+        states = [_state(info) for info in primaries_info(redis, "memory")]
+        unsafe = [s.policy for s in states if s.policy != SAFE_POLICY]
+        fullest = max(states, key=lambda s: (s.used_ratio or 0.0, s.used_bytes))
+        return MemoryState(fullest.used_bytes, fullest.max_bytes, (unsafe or [SAFE_POLICY])[0])
+    return _state(redis.info("memory"))
+
+
+def _state(info: dict) -> MemoryState:
     return MemoryState(
         used_bytes=int(info.get("used_memory", 0)),
         max_bytes=int(info.get("maxmemory", 0)),

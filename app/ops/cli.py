@@ -218,6 +218,12 @@ def serve(bind: str | None, workers: int | None) -> None:
     under STATS_DATA_DIR (pip install 'payload-stats[embedded]').
     """
     config = _config(attach=False)
+    if config.redis_cluster and not config.redis_url:
+        _fail(
+            "STATS_REDIS_CLUSTER=1 needs REDIS_URL naming a node of the cluster "
+            "(the embedded Redis is a single server)",
+            REFUSED,
+        )
     try:
         with embedded.EmbeddedServers(config) as servers:
             code = _serve(servers.config, bind, workers)

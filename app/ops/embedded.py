@@ -281,6 +281,8 @@ def running_urls(config: Config) -> dict[str, str]:
 def attach(config: Config) -> Config:
     """``config`` with unset URLs taken from running embedded servers."""
     found = {k: v for k, v in running_urls(config).items() if not getattr(config, k)}
+    if config.redis_cluster:
+        found.pop("redis_url", None)  # the embedded Redis is a single server
     if found:
         logger.info("embedded_servers_found", extra={"data_dir": config.data_dir, **found})
         return replace(config, **found)
