@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from ..config import Config
 from ..windows import token_memory_ttl, window_index
@@ -63,19 +64,31 @@ def record(
 ) -> Recorded:
     """Add validated payloads received at ``now`` to their window, all or none.
 
-    Raises redis.RedisError if Redis fails (then nothing was written).
+    Raises redis.RedisError if Redis fails: then nothing was written, except
+    on Redis Cluster where the error may be ``cluster_ingest.PartlyWritten``
+    (some shards' payloads were written; it says which).
     """
-    return record_entries(redis, scripts, config, [Entry(payloads, now)])[0]
+    result = record_entries(redis, scripts, config, [Entry(payloads, now)])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def record_entries(
     redis: Redis, scripts: Scripts, config: Config, entries: Sequence[Entry]
-) -> list[Recorded]:
+) -> list[Recorded | RedisError]:
     """Add several requests' payloads in ONE script call; what each request did.
 
     The call is atomic: all the entries are written or, when Redis fails
-    (redis.RedisError is raised), none.
+    (redis.RedisError is raised), none. On Redis Cluster
+    (``config.redis_cluster``) it is one call per shard instead, and an entry
+    whose calls failed gets the error as its result
+    (``cluster_ingest.record_entries_per_shard``).
     """
+    if config.redis_cluster:
+        from .cluster_ingest import record_entries_per_shard
+
+        return record_entries_per_shard(redis, scripts, config, entries)
     keys, args, spans = _call(config, entries)
     outcomes = scripts.ingest(keys=keys, args=args)
     return [Recorded.from_outcomes(outcomes[start:end]) for start, end in spans]

@@ -7,6 +7,9 @@ returns, the first of them makes the next call for all of them. Under load
 the groups grow by themselves, and one INGEST script call (one round trip,
 atomic as a whole) carries many requests' payloads. Each request still gets
 its own answer, and a Redis error fails exactly the requests of that call.
+On Redis Cluster ``write`` makes one call per shard and returns, for a
+request whose call failed, the error instead of its result: that request
+alone fails with it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from ..buffer.ingest import Entry, Recorded
 
-Write = Callable[[Sequence[Entry]], list[Recorded]]
+Write = Callable[[Sequence[Entry]], list[Recorded | BaseException]]
 
 
 class _Waiter:
@@ -77,7 +80,10 @@ class GroupCommit:
                 w.error = exc
         else:
             for w, result in zip(group, results, strict=True):
-                w.result = result
+                if isinstance(result, BaseException):
+                    w.error = result  # its shard call failed (Redis Cluster)
+                else:
+                    w.result = result
         with self._lock:
             after = self._queue[0] if self._queue else None
             self._busy = after is not None

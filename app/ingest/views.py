@@ -10,12 +10,20 @@ import orjson
 from flask import Request, Response, current_app, request
 from redis.exceptions import RedisError
 
+from ..buffer.cluster_ingest import PartlyWritten
 from ..buffer.ingest import Entry, Recorded
 from ..buffer.memory import is_out_of_memory
 from ..logs import one_line
 from ..web.auth import require_bearer
 from ..web.docs import Blueprint, accepted_response, error_responses, payload_ref
-from ..web.errors import BufferFull, InvalidBatch, InvalidBatchItems, InvalidPayload, Unavailable
+from ..web.errors import (
+    BufferFull,
+    InvalidBatch,
+    InvalidBatchItems,
+    InvalidPayload,
+    PartiallyWritten,
+    Unavailable,
+)
 from ..windows import window_end, window_index
 from .body import (
     JSON_TYPES,
@@ -43,24 +51,45 @@ def _record(services: Any, payloads: list[dict[str, Any]]) -> Recorded:
     now = services.clock()
     try:
         recorded = services.ingest.record(Entry(payloads, now))
+    except PartlyWritten as exc:  # Redis Cluster: some shards of a batch failed
+        _count(services, exc.recorded)
+        logger.warning(
+            "redis_partly_written",
+            extra={"reason": one_line(exc.cause), "written": len(exc.written)},
+        )
+        raise PartiallyWritten(
+            exc.written,
+            len(payloads),
+            exc.recorded.accepted,
+            exc.recorded.duplicates,
+            retry_after=_full_for(services, now) if is_out_of_memory(exc.cause) else 1,
+        ) from None
     except RedisError as exc:
         if is_out_of_memory(exc):
             logger.warning("redis_full", extra={"reason": one_line(exc)})
-            config = services.config
-            # Room comes back when the flush moves a closed window out of Redis.
-            end = window_end(window_index(now, config.window_seconds), config.window_seconds)
             raise BufferFull(
                 "The stats buffer is full; nothing was written. Retry after the time given.",
-                retry_after=max(1, math.ceil(end + config.flush_grace_seconds - now)),
+                retry_after=_full_for(services, now),
             ) from None
         logger.warning("redis_unavailable", extra={"reason": one_line(exc)})
         raise Unavailable("The stats buffer is unavailable; retry shortly.") from None
+    _count(services, recorded)
+    return recorded
+
+
+def _full_for(services: Any, now: float) -> int:
+    """Seconds until a full Redis has room again: the flush moves a closed window out."""
+    config = services.config
+    wait = window_end(window_index(now, config.window_seconds), config.window_seconds)
+    return max(1, math.ceil(wait + config.flush_grace_seconds - now))
+
+
+def _count(services: Any, recorded: Recorded) -> None:
     services.metrics.accepted.inc(recorded.accepted)
     if recorded.duplicates:
         services.metrics.duplicates.inc(recorded.duplicates)
     if recorded.unprotected:
         services.metrics.unprotected.inc(recorded.unprotected)
-    return recorded
 
 
 @bp.post("/stats")

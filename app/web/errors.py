@@ -108,6 +108,27 @@ class BufferFull(Unavailable):
         self.retry_after = retry_after
 
 
+class PartiallyWritten(Unavailable):
+    """Redis Cluster: a batch's payloads in some shards were written, the others
+    were not (docs/payload.md, "Batches"). ``written`` lists the indexes written;
+    resending the whole batch counts the others only (the written ones are
+    recognised as retries)."""
+
+    code = "partially_written"
+
+    def __init__(
+        self, written: list[int], total: int, accepted: int, duplicates: int, retry_after: int = 1
+    ) -> None:
+        super().__init__(
+            f"{len(written)} of {total} payloads were written, the others were not: resend "
+            "the batch (the written ones will be answered as duplicates and count nothing).",
+            written=written,
+            accepted=accepted,
+            duplicates=duplicates,
+        )
+        self.retry_after = retry_after
+
+
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
     request.environ["payload_stats.error"] = body["error"]  # the rejection metric's reason
     response = jsonify(body)
