@@ -77,6 +77,7 @@ def shards() -> int:
 def key_prefix(cluster: LocalCluster) -> Iterator[str]:
     prefix = f"test-{uuid.uuid4().hex[:12]}"
     yield prefix
+    restore(cluster)  # a test may have left a node down
     client = redis_client(Config(redis_url=cluster.url, redis_cluster=True))
     try:
         for key in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
