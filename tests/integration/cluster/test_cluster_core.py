@@ -10,7 +10,11 @@ exactly.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -31,6 +35,10 @@ from payload_stats.web.app import create_app
 from tests.conftest import START, FakeClock, payload, stats_rows
 from tests.integration.test_cli import (
     FAILPOINT_EXIT_CODE,
+    ROOT,
+    _free_port,
+    _post,
+    _wait_for_port,
     environment,
     parse_summary,
     past_base,
@@ -306,3 +314,60 @@ def test_the_cluster_mode_on_a_single_redis_is_refused(cli_config, pool, redis_u
     failed = run_cli(cluster_env(single), "flush", timeout=30)
     assert failed.returncode == 2, (failed.stdout, failed.stderr)
     assert "not in cluster mode" in failed.stderr
+
+
+@pytest.mark.slow
+def test_serve_and_a_second_web_process_on_the_cluster(pool, cli_config, tmp_path):
+    """``serve`` (web and scheduler) with the cluster as its external Redis, plus
+    a second ``web`` process: every payload answered 200 is flushed exactly once."""
+    config = replace(cli_config, window_seconds=2, flush_grace_seconds=0.5)
+    env = cluster_env(config, STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_DATA_DIR=str(tmp_path))
+    ports = [_free_port(), _free_port()]
+    commands = [
+        ["serve", "--bind", f"127.0.0.1:{ports[0]}", "--workers", "2"],
+        ["web", "--bind", f"127.0.0.1:{ports[1]}", "--workers", "1"],
+    ]
+    log = (tmp_path / "processes.log").open("w+")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "payload_stats", *command],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for command in commands
+    ]
+    try:
+        for port, proc in zip(ports, procs, strict=True):
+            _wait_for_port(port, proc)
+        sent = 0
+        for i in range(80):
+            body = payload(token=f"web-{i}", content=f"m{i % 4}", cdn=1, p2p=i)
+            url = f"http://127.0.0.1:{ports[i % 2]}/stats"
+            assert _post(url, body) == (200, {"accepted": 1, "duplicates": 0})
+            sent += 1
+            time.sleep(0.02)
+        deadline = time.monotonic() + 15
+
+        def totals() -> tuple[int, int]:
+            rows = stats_rows(pool)
+            return sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())
+
+        while totals() != (sent, sum(range(sent))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert totals() == (sent, sum(range(sent)))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.seek(0)
+        print(log.read())  # shown by pytest when the test fails
+        log.close()
