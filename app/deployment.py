@@ -138,6 +138,22 @@ def rerecord(redis: Redis, pool: ThreadedConnectionPool, config: Config) -> Sett
     return old
 
 
+def shards_per_master(redis: Redis, config: Config) -> dict[str, list[int]]:
+    """On Redis Cluster: {master "host:port": the shards whose slot it serves}.
+
+    Each shard is one slot (its hash tag); the slots of shards 0..N-1 are fixed
+    by the tag, so how evenly they fall on the masters depends on N and on the
+    masters' slot ranges (docs/capacity.md, "Shards on a cluster"). Raises
+    RedisError.
+    """
+    keys = Keys(config.key_prefix)
+    placed: dict[str, list[int]] = {}
+    for shard in range(config.shards):
+        node = redis.get_node_from_key(keys.windows(shard))
+        placed.setdefault(node.name, []).append(shard)
+    return dict(sorted(placed.items()))
+
+
 def _postgres_record(pool: ThreadedConnectionPool, mine: Settings) -> Settings:
     with connection(pool) as conn, conn, conn.cursor() as cur:
         cur.execute(sql("deployment_record"), vars(mine))

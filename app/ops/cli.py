@@ -332,7 +332,8 @@ def settings(rerecord: bool) -> None:
     first starts; every process refuses to run with others. To change one:
     stop the web processes, let the last window close, run payload-stats
     flush, then run this with --rerecord and the new settings
-    (docs/deployment.md, "Changing a recorded setting").
+    (docs/deployment.md, "Changing a recorded setting"). On Redis Cluster it
+    also shows which master serves which shards.
     """
     config = _config()
     _require(config, "DATABASE_URL")
@@ -356,6 +357,18 @@ def settings(rerecord: bool) -> None:
         theirs = "(nothing recorded yet)" if found is None else getattr(found, attr)
         mark = "" if found is None or theirs == mine else "   <- differs"
         click.echo(f"{variable}: here {mine}, recorded {theirs}{mark}")
+    if config.redis_cluster and config.redis_url:
+        try:
+            placed = deployment.shards_per_master(redis_client(config), config)
+        except RedisError as exc:
+            _fail(f"Redis: {one_line(exc)}")
+        fair = config.shards / len(placed)
+        click.echo(
+            f"shards per master (each takes its shards' share of the ingest; "
+            f"even would be {fair:.1f}):"
+        )
+        for name, shards in placed.items():
+            click.echo(f"  {name}  {len(shards)}  ({', '.join(map(str, shards))})")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -284,6 +285,10 @@ def test_every_command_runs_on_the_cluster(redis, pool, cli_config):
     shown = run_cli(env, "settings")
     assert shown.returncode == 0, shown.stderr
     assert f"STATS_SHARDS: here {cli_config.shards}, recorded {cli_config.shards}" in shown.stdout
+    # Which master serves which shards: all 8, on the 3 masters.
+    placed = re.findall(r"^  127\.0\.0\.1:(\d+)  (\d+)  \(([\d, ]+)\)$", shown.stdout, re.M)
+    assert len(placed) == 3
+    assert sorted(int(s) for *_, shards in placed for s in shards.split(", ")) == list(range(8))
     # One record of the settings for the whole cluster: one key, in one slot.
     assert redis.hgetall(Keys(cli_config.key_prefix).deployment()) == {
         b"window_seconds": b"1",
