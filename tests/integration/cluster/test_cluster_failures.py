@@ -317,7 +317,7 @@ def test_master_killed_while_devices_post(config, cluster, pool, profile):
 CUT_OFF = {
     "async": ({}, {}),
     "min-replicas-to-write": ({"min-replicas-to-write": "1"}, {}),
-    "wait": ({}, {"redis_wait_replicas": 1, "redis_timeout_seconds": 0.4}),
+    "wait": ({}, {"redis_wait_replicas": 1, "redis_timeout_seconds": 0.2}),
 }
 
 
@@ -344,7 +344,7 @@ def test_replica_cut_off_then_master_killed(config, cluster, pool, redis, settin
             break
     assert master.info("replication")["connected_slaves"] == 0
 
-    sent = [payload(token=t, cdn=1, p2p=0) for t in tokens_in(set(shards), config, "cut", 20)]
+    sent = [payload(token=t, cdn=1, p2p=0) for t in tokens_in(set(shards), config, "cut", 10)]
     first = [client.post("/stats", json=p).status_code for p in sent]
     master.kill()
     replica.signal(signal.SIGCONT)
