@@ -159,23 +159,27 @@ def _send(
     nothing was sent."""
     sha = scripts.ingest.sha
     pipe = redis.pipeline(transaction=False)
+    nodes: dict[str, Any] = {}  # the masters of the calls' slots, by name
+    node_of: list[str] = []
     for call in calls:
-        pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+        # The master from the client's slot map, given to the pipeline: left to
+        # find it itself, it would ask a node (COMMAND GETKEYS) for every EVALSHA.
+        # A call sent again after MOVED, ASK or a connection error is routed anew.
+        node = redis.get_node_from_key(call.keys[0])
+        nodes.setdefault(node.name, node)
+        node_of.append(node.name)
+        pipe.execute_command(
+            "EVALSHA", sha, len(call.keys), *call.keys, *call.args, target_nodes=node
+        )
     replicas = config.redis_wait_replicas
-    node_of: list[int] = []
     if replicas:
-        nodes: dict[str, Any] = {}
-        for call in calls:
-            node = redis.get_node_from_key(call.keys[0])
-            node_of.append(list(nodes).index(node.name) if node.name in nodes else len(nodes))
-            nodes.setdefault(node.name, node)
         timeout_ms = max(1, int(config.redis_timeout_seconds * 500))
         for node in nodes.values():
             pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
     results = pipe.execute(raise_on_error=False)
     outcomes: list[bytes | RedisError] = results[: len(calls)]
     if replicas:
-        acks = results[len(calls) :]
+        acks = dict(zip(nodes, results[len(calls) :], strict=True))
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, Exception):
                 continue

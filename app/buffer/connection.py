@@ -17,7 +17,7 @@ from redis import Redis, RedisCluster
 from redis._parsers import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
-from redis.exceptions import ConnectionError, RedisClusterException
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from ..config import Config, ConfigError
@@ -56,12 +56,21 @@ def is_cluster(redis: Any) -> bool:
 
 
 def primaries_info(redis: Any, section: str) -> list[dict[str, Any]]:
-    """``INFO section`` of every master of the cluster (raises RedisError)."""
-    found = redis.info(section, target_nodes=RedisCluster.PRIMARIES)
-    # One master answers with its own dict; several with {node name: dict}.
-    if found and all(isinstance(v, dict) for v in found.values()):
-        return list(found.values())
-    return [found]
+    """``INFO section`` of every master of the cluster that answers.
+
+    A master that does not answer is left out: the others' shards are still
+    served, so a process stays ready (its requests to that master's shards
+    answer 503). Raises RedisError only when no master answers.
+    """
+    found, failed = [], None
+    for node in redis.get_primaries():
+        try:
+            found.append(redis.info(section, target_nodes=node))
+        except RedisError as exc:
+            failed = exc
+    if not found:
+        raise failed or ClusterUnavailable("Redis Cluster: no master known")
+    return found
 
 
 class ClusterUnavailable(ConnectionError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, RedisError
 
 from payload_stats.buffer.cluster_ingest import PartlyWritten
 from payload_stats.buffer.ingest import Entry, Recorded, record_entries
@@ -183,6 +183,34 @@ def test_group_commit_fails_exactly_the_requests_of_the_failed_shard(config, clu
     assert results["good"] == Recorded(accepted=1, duplicates=0, sessions=1)
     assert isinstance(results["bad"], ConnectionError)
     assert isinstance(results["batch"], PartlyWritten) and results["batch"].written == [0]
+
+
+def test_a_master_down_leaves_the_web_ready_and_the_flush_waiting(config, cluster, pool, clock):
+    """Readiness stays: the other masters' shards are served. The flush fails
+    loudly while a shard cannot be read, keeps everything, and writes it all once
+    the master is back."""
+    app = create_app(config, clock=clock)
+    client = app.test_client()
+    sent = [payload(token=f"r-{i}", cdn=1, p2p=0) for i in range(30)]
+    for p in sent:
+        assert client.post("/stats", json=p).status_code == 200
+    down, _ = master_and_its_shards(config, cluster)
+    for replica in cluster.replicas_of(down):
+        replica.call("CONFIG", "SET", "cluster-replica-no-failover", "yes")
+    down.shutdown()
+
+    assert client.get("/readyz").status_code == 200
+    redis = app.extensions["payload_stats"].redis
+    at = flush_time(end_of(K0, config), config)
+    with pytest.raises(RedisError):
+        flush_once(redis, pool, config, lambda: at)
+    assert stats_rows(pool) == {}
+
+    down.start()
+    cluster.wait_healthy()
+    rows = flushed(pool, config, redis, at)
+    assert payload_count(rows) == len(sent)
+    assert_drained(redis, config)
 
 
 # --- failover ------------------------------------------------------------------------------------
