@@ -55,7 +55,7 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         default=list(runner.DEFAULT_PHASES),
         metavar="PHASE",
         help=f"phases to run, of {', '.join(runner.PHASES)} "
-        "[all but workers, profile and availability]",
+        "[all but workers, profile, availability and cluster]",
     )
     p.add_argument("--batch-size", type=int, default=500, help="payloads per batch request [500]")
     p.add_argument(
@@ -66,6 +66,12 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
     )
     p.add_argument("--memory-keys", type=int, default=100_000)
     p.add_argument("--memory-tokens", type=int, default=100_000)
+    p.add_argument(
+        "--cluster-shards",
+        type=int,
+        default=runner.Options.cluster_shards,
+        help=f"STATS_SHARDS in the cluster phase [{runner.Options.cluster_shards}]",
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase")
     p.add_argument("--worker-class", help="override gunicorn's worker class for every server")
     p.add_argument("--workers", type=int, help="override gunicorn's workers for every server")
@@ -113,6 +119,7 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         flush_keys=a.flush_keys,
         memory_keys=a.memory_keys,
         memory_tokens=a.memory_tokens,
+        cluster_shards=a.cluster_shards,
         warmup=a.warmup,
         setup=WorkerSetup(a.worker_class, a.workers, a.worker_threads),
         worker_setups=tuple(a.worker_setups.split(",")),
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = report.rows(results)
     results["table"] = report.as_dicts(table)
+    results["capacity"] = report.capacity(results)
     print(report.text_table(table))  # noqa: T20
     if args.json:
         with open(args.json, "w") as f:

@@ -241,6 +241,192 @@ def _memory_rows(memory: dict[str, dict]) -> list[Row]:
     return rows
 
 
+def _per_payload(phase: dict[str, Any], key: str) -> float:
+    """A per-request CPU figure of a load phase, per payload."""
+    return phase[key] / (phase.get("batch") or 1)
+
+
+def _cluster_rows(results: dict[str, Any]) -> list[Row]:
+    cluster = results.get("cluster")
+    if not cluster or not {"1", "3"} <= set(cluster):
+        return []
+    one, three = cluster["1"], cluster["3"]
+    rows = []
+    for kind, label in (
+        ("single", "POST /stats"),
+        ("batch", f"batch of {three['batch']['batch']}"),
+    ):
+        rows.append(
+            Row(
+                f"cluster, 3 masters: {label} payloads/s",
+                _ratio(three[kind]["payloads_per_s"], one[kind]["payloads_per_s"]),
+                "1 master",
+                f"3 masters {three[kind]['payloads_per_s']:,.0f}, 1 master "
+                f"{one[kind]['payloads_per_s']:,.0f} payloads/s; web workers "
+                f"{_per_payload(three[kind], 'worker_cpu_us'):.0f} vs "
+                f"{_per_payload(one[kind], 'worker_cpu_us'):.0f} us per payload "
+                "(the web side shares the cores with every master)",
+            )
+        )
+    for kind in ("single", "batch"):
+        busiest = max(three[kind]["redis_cpu_us_per_master"]) / (three[kind]["batch"] or 1)
+        alone = _per_payload(one[kind], "redis_cpu_us")
+        each = ", ".join(
+            f"{us / (three[kind]['batch'] or 1):.1f}"
+            for us in three[kind]["redis_cpu_us_per_master"]
+        )
+        rows.append(
+            Row(
+                f"cluster, 3 masters: Redis CPU per payload on the busiest master ({kind})",
+                _ratio(busiest, alone),
+                "1 master (all the Redis work)",
+                f"per master {each} us, 1 master {alone:.1f} us; all 3 together "
+                f"{_per_payload(three[kind], 'redis_cpu_us'):.1f} us; "
+                f"{three['shards']} shards placed {three['shards_per_master']}",
+            )
+        )
+    replicated, strict = cluster.get("3+3"), cluster.get("3+3 strict")
+    if replicated and strict:
+        for kind, label in (
+            ("single", "POST /stats"),
+            ("batch", f"batch of {three['batch']['batch']}"),
+        ):
+            s, r = strict[kind], replicated[kind]
+            rows.append(
+                Row(
+                    f"cluster, 3 masters + 3 replicas, strict: {label} payloads/s",
+                    _ratio(s["payloads_per_s"], r["payloads_per_s"]),
+                    "3 + 3, Redis defaults",
+                    f"strict {s['payloads_per_s']:,.0f} (p99 {s['p99_ms']:.0f} ms), defaults "
+                    f"{r['payloads_per_s']:,.0f} payloads/s (p99 {r['p99_ms']:.0f} ms); strict: "
+                    "appendfsync always, min-replicas-to-write 1, STATS_REDIS_WAIT_REPLICAS=1",
+                )
+            )
+    for d1, d3 in _drive_pairs(results):
+        busiest = max(d3["redis_cpu_us_per_master"])
+        case = f"{d3['shards']} shards, groups of {d3['group']}"
+        rows.append(
+            Row(
+                f"cluster Redis side alone, {case}: Redis CPU per payload, all masters",
+                _ratio(d3["redis_cpu_us"], d1["redis_cpu_us"]),
+                "1 master",
+                f"3 masters {d3['redis_cpu_us']:.1f} us ({d3['redis_cpu_us_per_master']}, "
+                f"shards {d3['shards_per_master']}), 1 master {d1['redis_cpu_us']:.1f} us; "
+                f"{d3['payloads_per_s']:,.0f} vs {d1['payloads_per_s']:,.0f} payloads/s "
+                f"from {d3['processes']} driver processes",
+            )
+        )
+        rows.append(
+            Row(
+                f"cluster Redis side alone, {case}: busiest master's share",
+                _ratio(busiest, d3["redis_cpu_us"]),
+                "all 3 masters (1/3 is even)",
+                f"busiest {busiest:.1f} of {d3['redis_cpu_us']:.1f} us per payload: 3 masters "
+                f"carry {d3['redis_cpu_us'] / busiest:.2f} x what 1 does",
+            )
+        )
+    single = results.get("load", {}).get("project")
+    if single:
+        rows.append(
+            Row(
+                "cluster, 1 master: Redis CPU per payload (single)",
+                _ratio(_per_payload(one["single"], "redis_cpu_us"), single["redis_cpu_us"]),
+                "one Redis (project)",
+                f"cluster {one['single']['redis_cpu_us']} us (one call per shard), "
+                f"one Redis {single['redis_cpu_us']} us",
+            )
+        )
+    return rows
+
+
+def _drive_pairs(results: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(1 master, 3 masters) results of the cluster drive, per (shards, group)."""
+    by_case: dict[tuple[int, int], dict[int, dict[str, Any]]] = {}
+    for r in results.get("cluster_drive", []):
+        by_case.setdefault((r["shards"], r["group"]), {})[r["masters"]] = r
+    return [(c[1], c[3]) for _, c in sorted(by_case.items()) if {1, 3} <= set(c)]
+
+
+def capacity(results: dict[str, Any], every_s: float = 30.0) -> dict[str, Any] | None:
+    """The inputs of docs/capacity.md from one run, and what one core of each
+    serves in devices sending a payload every ``every_s`` seconds.
+
+    Needs the project, batch, flush and cluster phases of the same run.
+    """
+    cluster = results.get("cluster", {}).get("3")
+    drive = results.get("cluster_drive")
+    single = results.get("load", {}).get("project")
+    batch = results.get("batch", {}).get("project")
+    flushes = results.get("flush")
+    if not (cluster and drive and single and batch and flushes):
+        return None
+    inputs: dict[str, Any] = {
+        "web_us_per_payload_single": round(_per_payload(cluster["single"], "worker_cpu_us"), 1),
+        "web_us_per_payload_batch": round(_per_payload(cluster["batch"], "worker_cpu_us"), 1),
+        "one_redis_web_us_per_payload_single": single["worker_cpu_us"],
+        "one_redis_web_us_per_payload_batch": round(_per_payload(batch, "worker_cpu_us"), 1),
+        "flush_rows_per_s": max(f["rows_per_s"] for f in flushes),
+    }
+    redis = [
+        {
+            "shards": d3["shards"],
+            "group": d3["group"],
+            "us_per_payload": d3["redis_cpu_us"],
+            "one_master_us_per_payload": d1["redis_cpu_us"],
+            "busiest_master_share": round(
+                max(d3["redis_cpu_us_per_master"]) / d3["redis_cpu_us"], 3
+            ),
+            "devices_per_master_core": round(every_s * 1e6 / d3["redis_cpu_us"]),
+        }
+        for d1, d3 in _drive_pairs(results)
+    ]
+    web = {
+        name.replace("_us_per_payload", "_devices_per_core"): round(every_s * 1e6 / us)
+        for name, us in inputs.items()
+        if "_us_per_payload" in name
+    }
+    return {"every_s": every_s, "inputs": inputs, "web_devices_per_core": web, "redis": redis}
+
+
+def _capacity_rows(results: dict[str, Any]) -> list[Row]:
+    found = capacity(results)
+    if not found:
+        return []
+    i, w = found["inputs"], found["web_devices_per_core"]
+    rows = [
+        Row(
+            "capacity: devices per web core (one payload / 30 s)",
+            None,
+            "(derived)",
+            f"single POST {w['web_devices_per_core_single']:,}, batched "
+            f"{w['web_devices_per_core_batch']:,} (cluster path: "
+            f"{i['web_us_per_payload_single']:.0f} / {i['web_us_per_payload_batch']:.1f} us "
+            "per payload)",
+        )
+    ]
+    for r in found["redis"]:
+        rows.append(
+            Row(
+                f"capacity: devices per Redis master core, {r['shards']} shards, "
+                f"groups of {r['group']}",
+                None,
+                "(derived)",
+                f"{r['devices_per_master_core']:,} ({r['us_per_payload']:.1f} us per payload); "
+                f"the busiest of 3 masters takes {r['busiest_master_share']:.0%} of the work",
+            )
+        )
+    rows.append(
+        Row(
+            "capacity: flush rows/s (one flusher)",
+            None,
+            "(derived)",
+            f"{i['flush_rows_per_s']:,.0f} rows/s: a window of R counter hashes flushes in "
+            f"R / {i['flush_rows_per_s']:,.0f} s",
+        )
+    )
+    return rows
+
+
 def _worker_rows(workers: list[dict[str, Any]]) -> list[Row]:
     if not workers:
         return []
@@ -319,6 +505,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
         + _batch_rows(results)
         + _flush_rows(results.get("flush", []))
         + _memory_rows(results.get("memory", {}))
+        + _cluster_rows(results)
+        + _capacity_rows(results)
         + _worker_rows(results.get("workers", []))
         + _availability_rows(results.get("availability", {}))
     )

@@ -17,18 +17,23 @@ import http.client
 import json
 import logging
 import os
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
 
+from payload_stats.buffer.keys import Keys
 from payload_stats.config import Config
 
-from . import availability, flushbench, memory, sandbox
+from . import availability, clusterdrive, flushbench, localcluster, memory, sandbox
 from .load import LoadResult, LoadSpec, combine, run_load
+from .localcluster import LocalCluster, Node
 from .peers import naive_pg
 from .servers import (
     PEERS,
@@ -44,8 +49,31 @@ from .servers import (
 logger = logging.getLogger(__name__)
 
 LOAD_PHASES = ("project", "direct", "naive-pg", "bare", "batch")
-PHASES = (*LOAD_PHASES, "half-load", "flush", "memory", "workers", "profile", "availability")
-DEFAULT_PHASES = tuple(p for p in PHASES if p not in ("workers", "profile", "availability"))
+PHASES = (
+    *LOAD_PHASES,
+    "half-load",
+    "flush",
+    "memory",
+    "workers",
+    "profile",
+    "availability",
+    "cluster",
+)
+DEFAULT_PHASES = tuple(
+    p for p in PHASES if p not in ("workers", "profile", "availability", "cluster")
+)
+# label: (masters, replicas per master, redis-server options, service environment)
+CLUSTER_SETUPS: dict[str, tuple[int, int, tuple[str, ...], dict[str, str]]] = {
+    "1": (1, 0, (), {}),
+    "3": (3, 0, (), {}),
+    "3+3": (3, 1, (), {}),
+    "3+3 strict": (
+        3,
+        1,
+        ("--appendfsync", "always", "--min-replicas-to-write", "1"),
+        {"STATS_REDIS_WAIT_REPLICAS": "1"},
+    ),
+}
 DEFAULT_WORKER_SETUPS = ("sync", "sync:2", "gthread:2x4", "gthread:5x2", "gevent:2", "gevent:5")
 
 
@@ -62,6 +90,9 @@ class Options:
     flush_keys: tuple[int, ...] = (10_000, 100_000)
     memory_keys: int = 100_000
     memory_tokens: int = 100_000
+    # STATS_SHARDS in the cluster phase: 64 spread evenly over 3 masters (within
+    # 5 %); 8, the default, puts 2, 4 and 2 shards on them (docs/capacity.md).
+    cluster_shards: int = 64
     warmup: float = 1.0
     setup: WorkerSetup = field(default_factory=WorkerSetup)
     worker_setups: tuple[str, ...] = DEFAULT_WORKER_SETUPS
@@ -88,6 +119,9 @@ class Target:
     name: str
     server: Server
     spec: LoadSpec
+    # The Redis Cluster masters the server writes to: their CPU is measured
+    # (each apart) instead of the harness's Redis server's.
+    masters: tuple[Node, ...] = ()
 
 
 PROBE = json.dumps(
@@ -187,15 +221,19 @@ class Run:
                 drain(t.server.url)
         collected: dict[str, list[LoadResult]] = {t.name: [] for t in targets}
         cpu = {t.name: [0.0, 0.0, 0.0, 0.0] for t in targets}  # worker user, sys; redis u, s
+        per_master = {t.name: [0.0] * len(t.masters) for t in targets}
         for i in range(slices):
             shift = i % len(targets)
             for t in targets[shift:] + targets[:shift]:
                 before = (*t.server.cpu_seconds(), *self.redis_cpu())
+                masters_before = [m.cpu_seconds() for m in t.masters]
                 collected[t.name].append(run_load(replace(t.spec, duration=length), self.o.loader))
                 drain(t.server.url)
                 after = (*t.server.cpu_seconds(), *self.redis_cpu())
                 for n in range(4):
                     cpu[t.name][n] += after[n] - before[n]
+                for n, m in enumerate(t.masters):
+                    per_master[t.name][n] += m.cpu_seconds() - masters_before[n]
         results = {}
         for name, parts in collected.items():
             r = results[name] = combine(parts).as_dict()
@@ -204,12 +242,16 @@ class Run:
             r.update(
                 worker_cpu_us=wu + ws, worker_user_us=wu, worker_sys_us=ws, redis_cpu_us=ru + rs
             )
+            if per_master[name]:
+                masters_us = [round(1e6 * c / served, 1) for c in per_master[name]]
+                r.update(redis_cpu_us=round(sum(masters_us)), redis_cpu_us_per_master=masters_us)
             self.o.log(
                 f"  {name}: {r['rps']:,.0f} req/s ({r['payloads_per_s']:,.0f} payloads/s),"
                 f" p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, non-2xx "
                 f"{r['non2xx']}, errors {r['errors']}; CPU per request: workers "
-                f"{wu} us user + {ws} us sys, redis {ru + rs} us "
-                f"({r['loader']}, {r['slices']} slices)"
+                f"{wu} us user + {ws} us sys, redis {r['redis_cpu_us']} us "
+                + (f"(per master {r['redis_cpu_us_per_master']} us) " if per_master[name] else "")
+                + f"({r['loader']}, {r['slices']} slices)"
             )
         return results
 
@@ -277,6 +319,103 @@ class Run:
         self.results["memory"] = memory.run(
             self.redis, self.config, self.o.memory_keys, self.o.memory_tokens
         )
+
+    def cluster_phase(self) -> None:
+        """The project on local Redis Clusters started like the tests' one, all in
+        one interleaved run, single payloads and batches: 1 master against 3 (no
+        replicas: the Redis work per master), and 3 masters with a replica each,
+        Redis's default settings against the strictest (CLUSTER_SETUPS)."""
+        if not localcluster.available():
+            self.o.log("cluster: redis-server and redis-cli are needed: skipped")
+            return
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+            clusters = {
+                label: LocalCluster(Path(tmp) / label, masters, replicas, extra=server)
+                for label, (masters, replicas, server, _) in CLUSTER_SETUPS.items()
+            }
+            try:
+                for label, cluster in clusters.items():
+                    self.o.log(f"cluster: starting {label}")
+                    cluster.start()
+                self.results["cluster"] = self._cluster_load(clusters)
+                self.results["cluster_drive"] = self._cluster_drive(clusters)
+            finally:
+                for cluster in clusters.values():
+                    cluster.stop()
+
+    def _cluster_load(self, clusters: dict[str, LocalCluster]) -> dict[str, Any]:
+        servers = []
+        shards = self.o.cluster_shards
+        for label, cluster in clusters.items():
+            env = self.env()
+            env.pop("DATABASE_URL")  # ingest only: the shard count is not the run's
+            env.update(REDIS_URL=cluster.url, STATS_REDIS_CLUSTER="1", STATS_SHARDS=str(shards))
+            env.update(CLUSTER_SETUPS[label][3])
+            servers.append(Server(f"cluster-{label}", PROJECT, env, self.o.setup))
+        start_all(servers)
+        try:
+            for server in servers:
+                drain(server.url)
+            targets = []
+            for (label, cluster), server in zip(clusters.items(), servers, strict=True):
+                masters = tuple(cluster.primaries())
+                targets.append(Target(label, server, self.spec(server), masters))
+                batch = self.spec(server, "/stats/batch", batch=self.o.batch_size)
+                targets.append(Target(f"{label}-batch", server, batch, masters))
+            self.o.log(
+                f"cluster: the project on {', '.join(clusters)}, single and batches of "
+                f"{self.o.batch_size}, {self.o.connections} connections"
+            )
+            results = self.interleave(targets)
+        finally:
+            stop_all(servers)
+        keys = Keys(self.prefix)
+        found = {}
+        for label, cluster in clusters.items():
+            placed = Counter(cluster.master_of(keys.windows(s)).port for s in range(shards))
+            found[label] = {
+                "masters": cluster.masters,
+                "replicas": cluster.replicas,
+                "server": list(cluster.extra),
+                "service": CLUSTER_SETUPS[label][3],
+                "shards": shards,
+                "shards_per_master": [placed[m.port] for m in cluster.primaries()],
+                "single": results[label],
+                "batch": results[f"{label}-batch"],
+            }
+        return found
+
+    def _cluster_drive(self, clusters: dict[str, LocalCluster]) -> list[dict[str, Any]]:
+        """The Redis side alone (benchmarks/clusterdrive.py) on 1 and 3 masters:
+        groups of 256 requests (web workers under load) with the default 8 shards
+        and with ``cluster_shards``, and one request per call with 8 shards."""
+        found = []
+        cases = sorted(
+            {(8, 256), (self.o.cluster_shards, 256), (8, 1)}, key=lambda c: (-c[1], c[0])
+        )
+        for shards, group in cases:
+            for label in ("1", "3"):
+                cluster = clusters[label]
+                prefix = f"{self.prefix}d{shards}g{group}"
+                config = Config(
+                    redis_url=cluster.url, redis_cluster=True, shards=shards, key_prefix=prefix
+                )
+                self.o.log(f"cluster drive: {label} master(s), {shards} shards, groups of {group}")
+                r = clusterdrive.run(cluster, config, self.o.duration, group=group)
+                placed = Counter(
+                    cluster.master_of(Keys(prefix).windows(s)).port for s in range(shards)
+                )
+                r.update(
+                    masters=cluster.masters,
+                    shards=shards,
+                    shards_per_master=[placed[m.port] for m in cluster.primaries()],
+                )
+                self.o.log(
+                    f"  {r['payloads_per_s']:,.0f} payloads/s, Redis CPU per payload "
+                    f"{r['redis_cpu_us']} us (per master {r['redis_cpu_us_per_master']})"
+                )
+                found.append(r)
+        return found
 
     def workers_phase(self) -> None:
         setups = [(text, WorkerSetup.parse(text)) for text in self.o.worker_setups]
@@ -358,6 +497,8 @@ def run(options: Options) -> dict[str, Any]:
             r.flush_phase()
         if "memory" in only:
             r.memory_phase()
+        if "cluster" in only:
+            r.cluster_phase()
         if "workers" in only:
             r.workers_phase()
         if "profile" in only:
