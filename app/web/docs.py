@@ -35,6 +35,17 @@ class ErrorSchema(ma.Schema):
     message = ma.fields.String(required=True)
     fields = ma.fields.Dict(metadata={"description": "Messages by field name"})
     errors = ma.fields.Dict(metadata={"description": "Messages by batch item index"})
+    written = ma.fields.List(
+        ma.fields.Integer(),
+        metadata={
+            "description": "partially_written (Redis Cluster): indexes of the batch items "
+            "written; resending the batch counts the others only"
+        },
+    )
+    accepted = ma.fields.Integer(metadata={"description": "partially_written: items counted"})
+    duplicates = ma.fields.Integer(
+        metadata={"description": "partially_written: items written that were retries"}
+    )
 
 
 class _ParameterParser(FlaskParser):

@@ -99,3 +99,44 @@ def test_harness_smoke(redis_url, pg_schema, key_prefix):
     )
     assert "POST /stats req/s" in report.text_table(table)
     json.dumps(results, default=str)  # what --json writes
+
+
+def test_harness_cluster_phase_smoke(redis_url, pg_schema, key_prefix):
+    """The cluster phase starts its own local clusters, loads each, drives the Redis
+    side alone, and derives the capacity figures; not timed."""
+    from benchmarks import localcluster
+
+    if not localcluster.available():
+        pytest.skip("redis-server and redis-cli are needed for the cluster phase")
+    options = runner.Options(
+        duration=0.5,
+        slice_seconds=0.5,
+        warmup=0,
+        connections=2,
+        loader="python",
+        only=("cluster",),
+        batch_size=20,
+        cluster_shards=16,
+        setup=WorkerSetup(workers=1),
+        redis_url=redis_url,
+        database_url=pg_schema,
+        key_prefix=key_prefix,
+        own_schema=False,
+    )
+    results = runner.run(options)
+
+    assert set(results["cluster"]) == set(runner.CLUSTER_SETUPS)
+    for label, found in results["cluster"].items():
+        assert sum(found["shards_per_master"]) == 16, label
+        for kind in ("single", "batch"):
+            phase = found[kind]
+            assert phase["requests"] > 0 and phase["non2xx"] == 0 and phase["errors"] == 0
+            assert len(phase["redis_cpu_us_per_master"]) == found["masters"]
+    drive = results["cluster_drive"]
+    assert {(r["shards"], r["group"], r["masters"]) for r in drive} == {
+        (s, g, m) for s, g in ((8, 256), (16, 256), (8, 1)) for m in (1, 3)
+    }
+    assert all(r["payloads"] > 0 and r["failed"] == 0 for r in drive)
+    figures = {row.figure for row in report.rows(results)}
+    assert "cluster, 3 masters: POST /stats payloads/s" in figures
+    assert any(f.startswith("cluster Redis side alone") for f in figures)
