@@ -4,18 +4,14 @@ Exact totals across windows with several web apps and several flushers at
 once, the flusher killed at a failpoint (a ``flush`` subprocess) then run
 again, stragglers, the live view, health and metrics, the recorded settings,
 and every command of the CLI with ``STATS_REDIS_CLUSTER=1``. Expected rows
-come from the same SPEC-based ``Ledger`` as the single-Redis tests, compared
-exactly.
+come from the same reference model (tests/support/model.py) as the
+single-Redis tests, compared exactly.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -27,35 +23,27 @@ from redis import RedisCluster
 from payload_stats.buffer import snapshots
 from payload_stats.buffer.connection import ClusterClient, redis_client
 from payload_stats.buffer.keys import Keys
-from payload_stats.buffer.live import live_rows
+from payload_stats.buffer.live import top_rows
 from payload_stats.config import Config
 from payload_stats.flush.flusher import flush_once
 from payload_stats.flush.lock import flush_with_lock
 from payload_stats.postgres.pool import database_pool
 from payload_stats.web.app import create_app
-from tests.conftest import START, FakeClock, payload, stats_rows
-from tests.integration.test_cli import (
-    FAILPOINT_EXIT_CODE,
-    ROOT,
-    _free_port,
-    _post,
-    _wait_for_port,
-    environment,
-    parse_summary,
-    past_base,
-    run_cli,
-)
+from tests.conftest import START, FakeClock, payload
+from tests.integration.test_cli import FAILPOINT_EXIT_CODE, _post, parse_summary, past_base
 from tests.integration.test_cli import populate as populate_closed
-from tests.integration.test_flush import (
-    K0,
-    Feeder,
-    Ledger,
-    assert_drained,
-    end_of,
-    flush_time,
-    populate,
-    report_totals,
+from tests.integration.test_flush import K0, end_of, populate, report_totals
+from tests.support.drive import Feeder, flush_time
+from tests.support.model import Model
+from tests.support.servers import (
+    cli_environment,
+    free_port,
+    run_cli,
+    start_cli,
+    stop,
+    wait_for_port,
 )
+from tests.support.store import assert_drained, stats_table
 
 
 def shards_per_master(config: Config, cluster) -> dict[int, list[int]]:
@@ -85,8 +73,8 @@ def test_flush_walks_every_shard_on_every_master(redis, pool, config, clock, clu
 
     clock.now = flush_time(ends[-1], config)
     report = flush_once(redis, pool, config, clock)
-    assert report_totals(report) == {end: feeder.ledger.window_totals(end) for end in ends}
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert report_totals(report) == {end: feeder.model.window_totals(end) for end in ends}
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -94,7 +82,7 @@ def test_several_apps_and_flushers_at_once_count_exactly(config, pool, cluster):
     """Three web apps (threads, each its own clients and clock) post single payloads
     and batches across windows while two flushers race; then every row is exact."""
     length = config.window_seconds
-    ledger = Ledger(length)
+    model = Model.of(config)
     lock = threading.Lock()
     flush_clock = FakeClock(START)
     errors: list[BaseException] = []
@@ -131,7 +119,7 @@ def test_several_apps_and_flushers_at_once_count_exactly(config, pool, cluster):
                     assert resp.get_json() == {"accepted": len(body), "duplicates": 0}
                     with lock:
                         for p in body:
-                            ledger.add(p, app_clock.now)
+                            model.receive(app_clock.now, p)
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
 
@@ -168,7 +156,7 @@ def test_several_apps_and_flushers_at_once_count_exactly(config, pool, cluster):
     redis = redis_client(config)
     try:
         flush_once(redis, pool, config, flush_clock)
-        assert stats_rows(pool) == ledger.expected()
+        assert stats_table(pool) == model.rows()
         assert_drained(redis, config)
     finally:
         redis.close()
@@ -180,7 +168,7 @@ def test_stragglers_after_a_freeze_land_in_the_same_row(redis, pool, config, clo
     feeder.send([feeder.make(cdn=100, p2p=10), feeder.make("b", "x", cdn=1, p2p=1)], START)
     clock.now = flush_time(end, config)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
     late = []
 
@@ -195,7 +183,7 @@ def test_stragglers_after_a_freeze_land_in_the_same_row(redis, pool, config, clo
     flush_once(redis, pool, config, clock, failpoint=straggle)
     flush_once(redis, pool, config, clock)
     assert late
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, config)
 
 
@@ -203,7 +191,9 @@ def test_live_view_reads_every_shard(client, redis, config, clock):
     for i in range(24):
         body = payload(token=f"live-{i}", customer="acme", content=f"m{i % 2}", cdn=10, p2p=i)
         assert client.post("/stats", json=body).status_code == 200
-    rows = live_rows(redis, config)
+    read = top_rows(redis, config, limit=None)
+    assert read.complete
+    rows = sorted(read.rows, key=lambda r: r.content)
     assert [(r.content, r.cdn, r.p2p, r.payloads) for r in rows] == [
         ("m0", 120, sum(range(0, 24, 2)), 12),
         ("m1", 120, sum(range(1, 24, 2)), 12),
@@ -243,7 +233,7 @@ def test_the_lock_and_the_figures_live_in_one_slot(redis, pool, config, clock):
     assert flush_with_lock(redis, pool, config, clock) is None  # held by "another flusher"
     other.release()
     assert flush_with_lock(redis, pool, config, clock) is not None
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
 
 # --- the CLI with STATS_REDIS_CLUSTER=1 ----------------------------------------------------------
@@ -255,7 +245,7 @@ def cli_config(config: Config) -> Config:
 
 
 def cluster_env(config: Config, **extra: str) -> dict[str, str]:
-    return environment(config, STATS_REDIS_CLUSTER="1", **extra)
+    return cli_environment(config, STATS_REDIS_CLUSTER="1", **extra)
 
 
 @pytest.mark.parametrize("point", ["mid_batch", "after_commit"])
@@ -267,7 +257,7 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
     crashed = run_cli({**env, "STATS_FAILPOINT": point}, "flush")
     assert crashed.returncode == FAILPOINT_EXIT_CODE, (crashed.stdout, crashed.stderr)
     assert snapshots.pending_snapshots(redis, cli_config)
-    ends = feeder.ledger.ends()
+    ends = feeder.model.ends()
 
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
@@ -275,7 +265,7 @@ def test_flush_killed_at_a_failpoint_then_flush(redis, pool, cli_config, point):
     assert sorted(written) == ends
     if point == "after_commit":  # the first window was committed by the killed run
         assert written[ends[0]] == dict.fromkeys(written[ends[0]], 0)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_drained(redis, cli_config)
 
 
@@ -300,7 +290,7 @@ def test_every_command_runs_on_the_cluster(redis, pool, cli_config):
     assert live.returncode == 0, live.stderr
     done = run_cli(env, "flush")
     assert done.returncode == 0, done.stderr
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
 
     # A process with other settings is refused, against the cluster's record.
     refused = run_cli(cluster_env(cli_config, STATS_SHARDS="3"), "live", "--once")
@@ -309,7 +299,7 @@ def test_every_command_runs_on_the_cluster(redis, pool, cli_config):
 
 
 def test_a_single_redis_client_on_a_cluster_node_is_refused(cli_config, pool):
-    failed = run_cli(environment(cli_config), "flush", timeout=30)
+    failed = run_cli(cli_environment(cli_config), "flush", timeout=30)
     assert failed.returncode == 2, (failed.stdout, failed.stderr)
     assert "set STATS_REDIS_CLUSTER=1" in failed.stderr
 
@@ -327,52 +317,49 @@ def test_serve_and_a_second_web_process_on_the_cluster(pool, cli_config, tmp_pat
     a second ``web`` process: every payload answered 200 is flushed exactly once."""
     config = replace(cli_config, window_seconds=2, flush_grace_seconds=0.5)
     env = cluster_env(config, STATS_FLUSH_INTERVAL_SECONDS="0.5", STATS_DATA_DIR=str(tmp_path))
-    ports = [_free_port(), _free_port()]
-    commands = [
-        ["serve", "--bind", f"127.0.0.1:{ports[0]}", "--workers", "2"],
-        ["web", "--bind", f"127.0.0.1:{ports[1]}", "--workers", "1"],
-    ]
-    log = (tmp_path / "processes.log").open("w+")
+    ports = [free_port(), free_port()]
+    log = tmp_path / "processes.log"
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "payload_stats", *command],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        for command in commands
+        start_cli(
+            env,
+            "serve",
+            "--bind",
+            f"127.0.0.1:{ports[0]}",
+            "--workers",
+            "2",
+            log=log,
+            new_session=True,
+        ),
+        start_cli(
+            env,
+            "web",
+            "--bind",
+            f"127.0.0.1:{ports[1]}",
+            "--workers",
+            "1",
+            log=log,
+            new_session=True,
+        ),
     ]
     try:
         for port, proc in zip(ports, procs, strict=True):
-            _wait_for_port(port, proc)
-        sent = 0
-        for i in range(80):
+            wait_for_port(port, proc)
+        sent = 80
+        for i in range(sent):
             body = payload(token=f"web-{i}", content=f"m{i % 4}", cdn=1, p2p=i)
             url = f"http://127.0.0.1:{ports[i % 2]}/stats"
             assert _post(url, body) == (200, {"accepted": 1, "duplicates": 0})
-            sent += 1
             time.sleep(0.02)
         deadline = time.monotonic() + 15
 
         def totals() -> tuple[int, int]:
-            rows = stats_rows(pool)
-            return sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())
+            rows = stats_table(pool).values()
+            return sum(r.payloads for r in rows), sum(r.p2p for r in rows)
 
         while totals() != (sent, sum(range(sent))) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert totals() == (sent, sum(range(sent)))
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.seek(0)
-        print(log.read())  # shown by pytest when the test fails
-        log.close()
+            stop(proc)
+        print(log.read_text(errors="replace") if log.exists() else "")  # shown on failure

@@ -39,8 +39,11 @@ from payload_stats.config import Config
 from payload_stats.flush.flusher import flush_once
 from payload_stats.ingest.group_commit import GroupCommit
 from payload_stats.web.app import create_app
-from tests.conftest import START, payload, stats_rows
-from tests.integration.test_flush import K0, Ledger, assert_drained, end_of, flush_time
+from tests.conftest import START, payload
+from tests.integration.test_flush import K0, end_of
+from tests.support.drive import flush_time
+from tests.support.model import Model
+from tests.support.store import assert_drained, stats_table
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -67,11 +70,11 @@ def tokens_in(shards: set[int], config: Config, prefix: str, n: int) -> list[str
 
 def flushed(pool, config: Config, redis, at: float) -> dict:
     flush_once(redis, pool, config, lambda: at)
-    return stats_rows(pool)
+    return stats_table(pool)
 
 
 def payload_count(rows: dict) -> int:
-    return sum(cdn for cdn, _, _ in rows.values())  # each test payload carries cdn=1
+    return sum(row.payloads for row in rows.values())
 
 
 def measurement(**figures: Any) -> None:
@@ -124,10 +127,10 @@ def test_batch_with_a_shard_down_names_what_was_written_and_a_resend_counts_once
 
     redis = app.extensions["payload_stats"].redis
     rows = flushed(pool, config, redis, flush_time(end_of(K0, config), config))
-    ledger = Ledger(config.window_seconds)
+    model = Model.of(config)
     for p in [*batch, other, alone]:
-        ledger.add(p, START)
-    assert rows == ledger.expected()
+        model.receive(START, p)
+    assert rows == model.rows()
     assert_drained(redis, config)
 
 
@@ -204,7 +207,7 @@ def test_a_master_down_leaves_the_web_ready_and_the_flush_waiting(config, cluste
     at = flush_time(end_of(K0, config), config)
     with pytest.raises(RedisError):
         flush_once(redis, pool, config, lambda: at)
-    assert stats_rows(pool) == {}
+    assert stats_table(pool) == {}
 
     down.start()
     cluster.wait_healthy()
@@ -223,7 +226,7 @@ class Devices:
 
     client_of: Any  # () -> a Flask test client
     tokens: Any  # (thread, n) -> token
-    ledger: Ledger = field(default_factory=lambda: Ledger(300))
+    model: Model = field(default_factory=Model)
     statuses: Counter = field(default_factory=Counter)
     failures_at: list[float] = field(default_factory=list)
     acked_at: list[float] = field(default_factory=list)
@@ -245,7 +248,7 @@ class Devices:
                         self.statuses[resp.status_code] += 1
                     if resp.status_code == 200:
                         with self.lock:
-                            self.ledger.add(p, START)
+                            self.model.receive(START, p)
                             self.acked_at.append(time.monotonic())
                         break
                     assert resp.status_code == 503, resp.get_json()
@@ -319,7 +322,7 @@ def test_master_killed_while_devices_post(config, cluster, pool, profile):
 
     redis = create_app(config).extensions["payload_stats"].redis
     rows = flushed(pool, config, redis, flush_time(end_of(K0, config), config))
-    acked = payload_count(devices.ledger.expected())
+    acked = payload_count(devices.model.rows())
     counted = payload_count(rows)
     measurement(
         test="master killed while devices post",
@@ -334,9 +337,9 @@ def test_master_killed_while_devices_post(config, cluster, pool, profile):
         ingest_back_after_s=round(recovered - killed, 2),
     )
     # Nothing is ever counted twice, whatever was lost.
-    expected = devices.ledger.expected()
+    expected = devices.model.rows()
     assert set(rows) <= set(expected)
-    assert all(rows[k][0] <= expected[k][0] for k in rows)
+    assert all(rows[k] <= expected[k] for k in rows)
     if profile == "strict":
         assert counted == acked  # a 2xx was on two nodes
     assert recovered - killed < 15
@@ -383,7 +386,7 @@ def test_replica_cut_off_then_master_killed(config, cluster, pool, redis, settin
     assert promoted is replica
 
     # The devices resend what was not answered 2xx, until it is.
-    ledger = Ledger(config.window_seconds)
+    model = Model.of(config)
     acked_before = first.count(200)
     for p, status in zip(sent, first, strict=True):
         deadline = time.monotonic() + 20
@@ -391,7 +394,7 @@ def test_replica_cut_off_then_master_killed(config, cluster, pool, redis, settin
             assert time.monotonic() < deadline
             time.sleep(0.05)
             status = client.post("/stats", json=p).status_code
-        ledger.add(p, START)
+        model.receive(START, p)
 
     rows = flushed(pool, config, redis, flush_time(end_of(K0, config), config))
     lost = len(sent) - payload_count(rows)
@@ -406,4 +409,4 @@ def test_replica_cut_off_then_master_killed(config, cluster, pool, redis, settin
         assert acked_before == len(sent) and lost == len(sent)
     else:
         assert acked_before == 0 and lost == 0
-        assert rows == ledger.expected()
+        assert rows == model.rows()
