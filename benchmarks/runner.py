@@ -93,6 +93,7 @@ class Options:
     # STATS_SHARDS in the cluster phase: 64 spread evenly over 3 masters (within
     # 5 %); 8, the default, puts 2, 4 and 2 shards on them (docs/capacity.md).
     cluster_shards: int = 64
+    cluster_setups: tuple[str, ...] = tuple(CLUSTER_SETUPS)  # labels of CLUSTER_SETUPS
     warmup: float = 1.0
     setup: WorkerSetup = field(default_factory=WorkerSetup)
     worker_setups: tuple[str, ...] = DEFAULT_WORKER_SETUPS
@@ -332,6 +333,7 @@ class Run:
             clusters = {
                 label: LocalCluster(Path(tmp) / label, masters, replicas, extra=server)
                 for label, (masters, replicas, server, _) in CLUSTER_SETUPS.items()
+                if label in self.o.cluster_setups or label in ("1", "3")
             }
             try:
                 for label, cluster in clusters.items():

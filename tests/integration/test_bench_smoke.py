@@ -117,6 +117,7 @@ def test_harness_cluster_phase_smoke(redis_url, pg_schema, key_prefix):
         only=("cluster",),
         batch_size=20,
         cluster_shards=16,
+        cluster_setups=("1", "3"),  # not the replicated ones: this only checks the shape
         setup=WorkerSetup(workers=1),
         redis_url=redis_url,
         database_url=pg_schema,
@@ -125,7 +126,7 @@ def test_harness_cluster_phase_smoke(redis_url, pg_schema, key_prefix):
     )
     results = runner.run(options)
 
-    assert set(results["cluster"]) == set(runner.CLUSTER_SETUPS)
+    assert set(results["cluster"]) == {"1", "3"}
     for label, found in results["cluster"].items():
         assert sum(found["shards_per_master"]) == 16, label
         for kind in ("single", "batch"):
