@@ -28,6 +28,14 @@ reception time: between the start of its request and the end of the answer
 Every token is new in the soak. Prints a summary ending in ``mismatches: N``
 and exits 1 on any mismatch (2 on a usage error).
 
+``--hostile`` adds a process that attacks the exactness rules: batches that
+push a counter past 2^63 - 1 (their rows must be isolated, exactly, in
+``stats_quarantine``), batches of new keys that fill a Redis of its own
+started with a small ``maxmemory`` (ingest answers 503 ``buffer_full`` until
+the flush drains it), and another customer posting a victim's token and
+sessionDuration (both must count). ``stats`` plus the isolated rows must
+still match the model exactly.
+
 Servers: ``--redis-url``/``--database-url``, or REDIS_URL/DATABASE_URL.
 """
 
@@ -46,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +91,7 @@ INVALID_CHANGES: list[dict[str, Any]] = [
 EDGE_PAIRS = [("edge", f"boundary/{i}") for i in range(3)]
 MISSING_FIELDS = ["token", "customer", "content", "timespan", "p2p", "cdn", "sessionDuration"]
 GRACE_SECONDS = 0.5
+HOSTILE_ROOM = 2**20  # bytes of maxmemory above what an empty Redis uses
 FAILPOINT_EXIT = 17  # STATS_FAILPOINT: the process exits with this code at that step
 # The scheduler's lives, in rounds of this list shuffled: None is a life ended
 # by SIGKILL at a random instant; the others crash by themselves at a
@@ -103,6 +113,8 @@ class Job:
     rate: float  # payloads per second, 0: as fast as the service answers
     margin: float
     run_id: str
+    hostile: bool = False
+    shards: int = 4
 
 
 class Load:
@@ -171,9 +183,9 @@ class Load:
         somewhere between the first attempt's start and the last one's end.
         """
         t_before = time.time()
-        for attempt in range(6):
+        for attempt in range(10):
             if attempt:
-                time.sleep(0.2 * attempt)
+                time.sleep(self._pause(attempt))
             try:
                 status, answer = self._post(body)
             except (OSError, http.client.HTTPException) as exc:
@@ -181,6 +193,11 @@ class Load:
                 self.errors.append(f"no answer: {exc!r}")
                 continue
             t_after = time.time()
+            if status == 503 and isinstance(answer, dict) and answer.get("error") == "buffer_full":
+                # Nothing written: retry once the flush has made room.
+                self.counts["buffer_full"] += 1
+                self._full = True
+                continue
             if status == 503:  # "retry shortly": Redis was slow or down; maybe it was counted
                 self.counts["unavailable"] += 1
                 self.errors.append(f"503 on a valid payload (retried): {answer}")
@@ -207,6 +224,14 @@ class Load:
             return True
         self.counts["unanswered"] += 1
         return False
+
+    def _pause(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt``: longer while Redis was full (it frees
+        room when the flush moves a closed window out)."""
+        if getattr(self, "_full", False):
+            self._full = False
+            return self.length / 2
+        return 0.2 * min(attempt, 5)
 
     def reject(self, body: dict[str, Any]) -> None:
         """POST an invalid payload: it must get a 4xx JSON error."""
@@ -310,9 +335,159 @@ class Load:
         }
 
 
+class Hostile(Load):
+    """The load of ``--hostile``: overflow attempts, a Redis filled to its limit,
+    and another customer reusing a victim's token. Every payload it has
+    answered 2xx goes to the model like any other."""
+
+    OVERFLOW = ("hostile", "overflow")
+    BATCH = 600  # two such batches of timespan 2^53 - 1 pass 2^63 in one counter
+
+    def _post_batch(self, items: list[dict[str, Any]]) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.job.port, timeout=30)
+        try:
+            conn.request(
+                "POST",
+                "/stats/batch",
+                body=json.dumps(items).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        self.counts["sent"] += len(items)
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, None
+
+    def send_batch(self, items: list[dict[str, Any]]) -> None:
+        """POST a batch of new payloads until it is answered 2xx (all or nothing)."""
+        t_before = time.time()
+        uncertain = False  # an attempt may have been written (no answer, or a timeout)
+        for attempt in range(10):
+            if attempt:
+                time.sleep(self._pause(attempt))
+            try:
+                status, answer = self._post_batch(items)
+            except (OSError, http.client.HTTPException) as exc:
+                self.counts["no_answer"] += 1
+                self.errors.append(f"no answer to a batch: {exc!r}")
+                uncertain = True
+                continue
+            if status == 503 and isinstance(answer, dict) and answer.get("error") == "buffer_full":
+                self.counts["buffer_full"] += 1
+                self._full = True
+                continue
+            if status == 503:
+                self.counts["unavailable"] += 1
+                uncertain = True
+                continue
+            t_after = time.time()
+            n = len(items)
+            if status != 200 or answer not in (
+                {"accepted": n, "duplicates": 0},
+                {"accepted": 0, "duplicates": n},
+            ):
+                self.counts["bad_answers"] += 1
+                self.errors.append(f"{status} {answer} on a batch of {n} new payloads")
+                return
+            if answer["duplicates"] and not uncertain:
+                self.counts["new_payload_duplicate"] += 1
+                self.errors.append("a batch of new payloads was answered as duplicates")
+            for body in items:  # counted now, or by the attempt that got no answer
+                self._count(body, t_before, t_after, True)
+            self.counts["hostile_batches"] += 1
+            return
+        self.counts["unanswered"] += len(items)
+
+    def tokens_in_shard(self, n: int, shard: int = 0) -> list[str]:
+        """``n`` new tokens of one shard: their payloads share one counter hash."""
+        found: list[str] = []
+        while len(found) < n:
+            token = self.token()
+            if zlib.crc32(token.encode()) % self.job.shards == shard:
+                found.append(token)
+        return found
+
+    def run(self) -> dict[str, Any]:
+        rng, length = self.rng, self.length
+        fills = 0
+        while time.time() < self.job.stop_at:
+            roll = rng.random()
+            if roll < 0.3:
+                # Overflow: two batches into one (window, shard, customer, content),
+                # early in a window so both land in it.
+                wait = length - time.time() % length
+                if wait < length * 0.7:
+                    time.sleep(wait + 0.05)
+                for _ in range(2):
+                    self.send_batch(
+                        [
+                            {
+                                "token": token,
+                                "customer": self.OVERFLOW[0],
+                                "content": self.OVERFLOW[1],
+                                "timespan": 2**53 - 1,
+                                "p2p": 10**12,
+                                "cdn": 10**12,
+                                "sessionDuration": L_HOUR,
+                            }
+                            for token in self.tokens_in_shard(self.BATCH)
+                        ]
+                    )
+            elif roll < 0.6:
+                # Fill Redis with new counter hashes until it refuses (then the
+                # batch is resent once the flush has made room).
+                for _ in range(5):
+                    fills += 1
+                    self.send_batch(
+                        [
+                            {
+                                "token": self.token(),
+                                "customer": "hostile",
+                                "content": f"fill/{fills}/{i}",
+                                "timespan": 30_000,
+                                "p2p": 1,
+                                "cdn": 1,
+                                "sessionDuration": 30_000,
+                            }
+                            for i in range(1000)
+                        ]
+                    )
+            else:
+                # Another customer posts the victim's token and sessionDuration:
+                # both are counted, neither is a retry of the other.
+                token = self.token()
+                victim = {
+                    "token": token,
+                    "customer": "victim",
+                    "content": "v",
+                    "timespan": 30_000,
+                    "p2p": rng.randrange(1, 10**6),
+                    "cdn": rng.randrange(1, 10**6),
+                    "sessionDuration": 1_000,
+                }
+                attacker = {**victim, "customer": "attacker", "cdn": 1, "p2p": 1}
+                self.send(attacker, retry_of_accepted=False)
+                if self.send(victim, retry_of_accepted=False):
+                    self.counts["retries"] += 1  # the victim's own retry: counted once
+                    self.send(dict(victim), retry_of_accepted=True)
+        return {
+            "counts": dict(self.counts),
+            "errors": self.errors[:20],
+            "bounds": self.model.bounds(),
+            "last_after": self.last_after,
+        }
+
+
+L_HOUR = 3_600_000  # a long sessionDuration: no session, only bytes and watch time
+
+
 def run_load(job: Job) -> dict[str, Any]:
     """Entry point of a load process."""
-    return Load(job).run()
+    return (Hostile(job) if job.hostile else Load(job)).run()
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -429,6 +604,25 @@ class Service:
             conn.close()
         return {(t, cu, co): Row(*values) for t, cu, co, *values in rows}
 
+    def isolated(self) -> dict[Key, Row]:
+        """The rows the flush isolated (unresolved), summed per (window, customer, content)."""
+        conn = psycopg2.connect(self.database_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT extract(epoch FROM time)::bigint, customer, content, "
+                    "cdn, p2p, sessions, payloads, watch_ms FROM stats_quarantine "
+                    "WHERE resolved_at IS NULL"
+                )
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        found: dict[Key, Row] = {}
+        for t, cu, co, *values in rows:
+            row = Row(*(int(v) for v in values))
+            found[(t, cu, co)] = found.get((t, cu, co), Row()) + row
+        return found
+
     def leftover_keys(self) -> list[str]:
         """Redis keys still holding buffered data: live counters or snapshots."""
         redis = Redis.from_url(self.args.redis_url)
@@ -504,13 +698,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--kill-every", type=float, default=3.0, help="mean seconds between scheduler SIGKILLs [3]"
     )
     p.add_argument(
+        "--hostile",
+        action="store_true",
+        help="add a process that overflows counters, fills Redis and reuses tokens "
+        "(Redis of its own; --redis-url unused)",
+    )
+    p.add_argument(
         "--margin",
         type=float,
         default=0.1,
         help="seconds from a window boundary within which a payload's window is ambiguous [0.1]",
     )
     args = p.parse_args(argv)
-    if not args.redis_url or not args.database_url:
+    if not (args.redis_url or args.hostile) or not args.database_url:
         p.error("set --redis-url and --database-url (or REDIS_URL and DATABASE_URL)")
     if args.duration <= 0 or args.processes < 1 or args.window < 1:
         p.error("--duration, --processes and --window must be positive")
@@ -532,6 +732,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     problems: list[str] = []
     ok = False
+    own_redis = None
+    if args.hostile:
+        # A Redis of the soak's own, with little room: the hostile process fills it.
+        own_redis = servers.RedisServer(workdir / "redis", appendonly=False).start()
+        used = Redis.from_url(own_redis.url).info("memory")["used_memory"]
+        Redis.from_url(own_redis.url).config_set("maxmemory", used + HOSTILE_ROOM)
+        args.redis_url = own_redis.url
+        service = Service(args, run_id, workdir)
     service.create_schema()
     try:
         done = service.run("init-db")
@@ -550,11 +758,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.rate,
                 args.margin,
                 run_id,
+                hostile=args.hostile and i == args.processes,
+                shards=args.shards,
             )
-            for i in range(args.processes)
+            for i in range(args.processes + args.hostile)
         ]
         context = multiprocessing.get_context("spawn")
-        with context.Pool(args.processes) as pool:
+        with context.Pool(len(jobs)) as pool:
             pending = pool.map_async(run_load, jobs)
             # While the load runs, the scheduler is killed at random instants, or
             # dies at a failpoint of a flush (then it is waited for, up to 30 s).
@@ -586,15 +796,23 @@ def main(argv: list[str] | None = None) -> int:
         end = (math.floor(last / args.window) + 1) * args.window
         time.sleep(max(0.0, end + GRACE_SECONDS + 0.2 - time.time()))
         done = service.run("flush")
-        if done.returncode != 0:
+        # 3: rows isolated by the flush wait for an operator, as --hostile wants.
+        if done.returncode not in ((0, 3) if args.hostile else (0,)):
             raise RuntimeError(f"the final flush failed: {done.stderr.strip()}")
 
         rows = service.stats()
+        isolated = service.isolated()
+        for key, row in isolated.items():  # counted once: in stats or isolated
+            rows[key] = rows.get(key, Row()) + row
         problems, bounds = compare(results, rows)
         counts: Counter[str] = Counter()
         for result in results:
             counts.update(result["counts"])
         request_errors = [e for result in results for e in result["errors"]]
+        if args.hostile and not isolated:
+            problems.append("--hostile: no row was isolated: the overflow never happened")
+        if args.hostile and not counts["buffer_full"]:
+            problems.append("--hostile: Redis never refused a request: it never filled")
         leftovers = service.leftover_keys()
         if leftovers:
             problems.append(f"{len(leftovers)} keys still buffered in Redis: {leftovers[:5]}")
@@ -629,6 +847,11 @@ def main(argv: list[str] | None = None) -> int:
             f"unanswered: {counts['unanswered']}); retried after a 503: "
             f"{counts['unavailable']}, after no answer: {counts['no_answer']}"
         )
+        if args.hostile:
+            print(
+                f"hostile: {counts['hostile_batches']} batches answered, "
+                f"{len(isolated)} rows isolated, {counts['buffer_full']} answers buffer_full"
+            )
         print(
             f"scheduler kills: {service.kills} ({service.kills_mid_flush} left a snapshot), "
             f"failpoint exits: {sum(service.failpoint_exits.values())} "
@@ -646,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
         service.stop()
         if not args.keep:
             service.clean()
+        if own_redis is not None:
+            own_redis.stop()
             if ok:
                 shutil.rmtree(workdir, ignore_errors=True)
         if not ok:
