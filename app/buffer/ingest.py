@@ -9,6 +9,7 @@ worker's requests in flight at the same moment share one round trip
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from . import keys as k_
 from .keys import Keys
 from .scripts import Scripts
 
+LATE_MARGIN_SECONDS = 5.0
 COUNTED = frozenset(b"csuU")
 STARTED = frozenset(b"sU")
 UNPROTECTED = frozenset(b"uU")  # counted with no retry memory left for it
@@ -108,13 +110,21 @@ def _call(
     counter_keys: list[Any] = []
     payload_args: list[Any] = []
     spans = []
+    # A group whose next window may have begun (by this host's clock, with a
+    # margin for other hosts') is late: its sessions are also looked for there.
+    late = window_index(time.time() + LATE_MARGIN_SECONDS, length)
     # Entries come in arrival order; the earliest time of a group gives its
     # session memory the longest TTL, which is the safe side.
+    # Per payload this runs once for every device payload: names are built
+    # once per group and once per (customer, content) of the call.
+    prefixes: dict[int, bytes] = {}  # group -> its counter hashes' name prefix
+    idents: dict[tuple[str, str], bytes] = {}
+    shard_of, session_key, shards = k_.shard_of, k_.session_key, config.shards
     for entry in entries:
         k = window_index(entry.now, length)
         start = len(counter_keys)
         for p in entry.payloads:
-            shard = k_.shard_of(p["token"], config.shards)
+            shard = shard_of(p["token"], shards)
             g = groups.get((k, shard))
             if g is None:
                 g = groups[(k, shard)] = len(groups) + 1
@@ -126,14 +136,18 @@ def _call(
                     names.tokens(shard, k - 1),
                     names.tokens(shard, k - 2),
                 )
-                group_args += (k, token_memory_ttl(k, entry.now, length))
-            ident = k_.encode_ident(p["customer"], p["content"])
+                group_args += (k, token_memory_ttl(k, entry.now, length), "1" if k < late else "0")
+                prefixes[g] = names.counters(shard, k, b"")
+            pair = (p["customer"], p["content"])
+            ident = idents.get(pair)
+            if ident is None:
+                ident = idents[pair] = k_.encode_ident(*pair)
             cdn, p2p, duration = p["cdn"], p["p2p"], p["sessionDuration"]
-            counter_keys.append(names.counters(shard, k, ident))
+            counter_keys.append(prefixes[g] + ident)
             payload_args += (
                 g,
                 ident,
-                k_.session_key(ident, p["token"]),
+                session_key(ident, p["token"]),
                 cdn,
                 p2p,
                 p["timespan"],

@@ -4,7 +4,7 @@
 -- KEYS[6(g-1)+1] - group g's shard window index (zset of window indexes with live data)
 -- KEYS[6(g-1)+2] - group g's window ident list
 -- KEYS[6(g-1)+3] - session memory of window k_g + 1 of the shard (a late payload may
---                  find its session moved on there)
+--                  find its session moved on there; read only for a late group)
 -- KEYS[6(g-1)+4] - session memory of window k_g
 -- KEYS[6(g-1)+5] - session memory of window k_g - 1
 -- KEYS[6(g-1)+6] - session memory of window k_g - 2
@@ -13,9 +13,10 @@
 -- ARGV[2] - most bytes of durations a session remembers per window
 -- ARGV[3] - G, the number of groups
 -- ARGV[4] - the window length L in seconds
--- ARGV[5+2(g-1)], ARGV[6+2(g-1)] - k_g and the TTL in seconds of window k_g's session
---   memory (window k_g + 1's lives L longer)
--- ARGV[5+2G+9(i-1) ..] - payload i: group, ident, session key, cdn, p2p, watch, short,
+-- ARGV[5+3(g-1)], ARGV[6+3(g-1)], ARGV[7+3(g-1)] - k_g, the TTL in seconds of window
+--   k_g's session memory (window k_g + 1's lives L longer), and "1" when the group is
+--   late (window k_g + 1 may have begun), else "0"
+-- ARGV[5+3G+9(i-1) ..] - payload i: group, ident, session key, cdn, p2p, watch, short,
 --   zero, duration
 --   session key - digest of (customer, content, token) (keys.session_key)
 --   watch    - timespan, added to the watch time
@@ -47,14 +48,17 @@ local horizon = tonumber(ARGV[1])
 local room = tonumber(ARGV[2])
 local ngroups = tonumber(ARGV[3])
 local length = tonumber(ARGV[4])
-local first = 5 + 2 * ngroups -- ARGV index of the first payload
+local first = 5 + 3 * ngroups -- ARGV index of the first payload
 local n = (#ARGV - first + 1) / 9
 assert(#KEYS == 6 * ngroups + n, 'INGEST: 6 keys per group plus one counter hash per payload')
 
--- Each session memory hash named in KEYS: its window and its TTL.
-local window_of, ttl_of = {}, {}
+-- Each session memory hash named in KEYS: its window and its TTL; and where a
+-- group's sessions are looked for (the next window's memory only when late).
+local window_of, ttl_of, lookup = {}, {}, {}
+local ON_TIME, LATE = {4, 5, 6}, {4, 5, 6, 3}
 for g = 1, ngroups do
-  local k, ttl = tonumber(ARGV[3 + 2 * g]), tonumber(ARGV[4 + 2 * g])
+  local k, ttl = tonumber(ARGV[2 + 3 * g]), tonumber(ARGV[3 + 3 * g])
+  lookup[g] = ARGV[4 + 3 * g] == '1' and LATE or ON_TIME
   local base = 6 * (g - 1)
   window_of[base + 3], ttl_of[base + 3] = k + 1, ttl + length
   window_of[base + 4], ttl_of[base + 4] = k, ttl
@@ -122,13 +126,13 @@ for i = 1, n do
   local a = first + (i - 1) * 9
   local g = tonumber(ARGV[a])
   local base = 6 * (g - 1)
-  local k = ARGV[3 + 2 * g]
+  local k = ARGV[2 + 3 * g]
   local key, duration = ARGV[a + 2], ARGV[a + 8]
   local m = memory[key]
   if not m then
     local from = nil
     local record
-    for _, j in ipairs({4, 5, 6, 3}) do
+    for _, j in ipairs(lookup[g]) do
       record = redis.call('HGET', KEYS[base + j], key)
       if record then
         from = base + j
@@ -208,7 +212,7 @@ for i = 1, n do
     -- window's first one registers the window. FREEZE moves the index.
     if redis.call('HINCRBY', counters, 'n', 1) == 1 then
       if redis.call('RPUSH', KEYS[base + 2], ARGV[a + 1]) == 1 then
-        local k = ARGV[3 + 2 * g]
+        local k = ARGV[2 + 3 * g]
         redis.call('ZADD', KEYS[base + 1], k, k)
       end
     end
