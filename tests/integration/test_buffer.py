@@ -421,6 +421,20 @@ def test_a_retry_counts_nothing(send, flush) -> None:
     assert flush(K) == {("acme", "movie-1"): Row(7, 3, 1, 1)}
 
 
+def test_a_late_copy_finds_its_session_moved_on_to_the_next_window(
+    redis, scripts, config, clock
+) -> None:
+    """A device's retry may reach Redis first, received just after a window's end,
+    and the original (received just before it) last: the original must find the
+    session in the next window's memory, and count nothing."""
+    first = payload(token="t", cdn=7, p2p=3)
+    retry = ingest.record(redis, scripts, config, [first], K_END + 0.5)
+    late = ingest.record(redis, scripts, config, [dict(first)], K_END - 0.5)
+
+    assert retry == Recorded(accepted=1, duplicates=0, sessions=1)
+    assert late == Recorded(accepted=0, duplicates=1, sessions=0)
+
+
 def test_a_retry_within_one_call_counts_once(send, flush) -> None:
     p = payload(token="t", cdn=7, p2p=3)
     q = payload(token="u", cdn=1, p2p=1)
