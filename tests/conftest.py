@@ -26,6 +26,7 @@ from redis import Redis
 from payload_stats.buffer.connection import redis_client
 from payload_stats.config import Config
 from payload_stats.ops.embedded import EmbeddedServers
+from payload_stats.postgres import partitions, writes
 from payload_stats.postgres.migrations import migrate
 from payload_stats.postgres.pool import connection, database_pool
 from payload_stats.web.app import create_app
@@ -178,6 +179,21 @@ def app(config: Config, clock: FakeClock):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def write_rows(pool, rows) -> None:
+    """Add rows (time, customer, content, cdn, p2p, sessions, payloads[, watch_ms])
+    into ``stats`` and its rollups through the service's write path (the one
+    imports use), in one transaction: tests that need many rows at chosen
+    times use it instead of an INSERT, which would miss the rollups (and the
+    partitions, docs/stats-table.md)."""
+    rows = [tuple(r) + (0,) * (8 - len(r)) for r in rows]
+    with connection(pool) as conn:
+        partitions.ensure(conn, {partitions.day_of(r[0]) for r in rows})
+        with conn:
+            writes.start_staging(conn)
+            writes.stage_history(conn, rows)
+            writes.upsert(conn, None, [], isolate_overflow=False)
 
 
 def stats_rows(pool) -> dict[tuple, tuple[int, int, int]]:

@@ -5,10 +5,11 @@ The recipe, per run:
 1. Connect to PostgreSQL first, so an outage freezes nothing.
 2. Freeze every closed window of every shard into a snapshot named by this
    run's flush id (one atomic script call per shard and window).
-3. For each window, with the snapshots left by earlier runs: in ONE
+3. For each window, with the snapshots left by earlier runs: make sure the
+   partition of its day exists (a short transaction of its own), then in ONE
    transaction, claim the snapshots in the ledger (the ones already there
    were committed before and are skipped), collect their rows from Redis,
-   stage them with COPY, add them into ``stats`` and commit.
+   stage them with COPY, add them into ``stats`` and its rollups, and commit.
 4. Only then delete the snapshots from Redis.
 
 A crash anywhere leaves either live data, a snapshot (re-driven by the next
@@ -33,7 +34,7 @@ from ..buffer import snapshots
 from ..buffer.scripts import Scripts
 from ..buffer.snapshots import Row, Snapshot
 from ..config import Config
-from ..postgres import writes
+from ..postgres import partitions, writes
 from ..postgres.pool import connection
 from ..windows import last_closed_window, window_end, window_end_datetime
 from .failpoints import Failpoint, no_failpoint
@@ -144,11 +145,14 @@ def _write_window(
     bad key never blocks the window, nor the windows after it.
     """
     end = window_end_datetime(k, config.window_seconds)
+    # Before the transaction: attaching a partition inside it would hold its
+    # lock until the commit (docs/stats-table.md, "Partitions").
+    partitions.ensure(conn, [partitions.day_of(end)])
     with conn:  # commits on success, rolls back on any exception
         owned = writes.claim(conn, end, window_snapshots)
         if not owned:
             return writes.Written()
-        writes.start_staging(conn)
+        writes.start_staging(conn, end)
         isolated = []
         reads = (
             batch

@@ -18,7 +18,7 @@ from psycopg2 import errors
 from psycopg2.pool import ThreadedConnectionPool
 
 from ..buffer.snapshots import Row
-from . import writes
+from . import partitions, writes
 from .pool import connection
 from .statements import sql
 
@@ -65,25 +65,34 @@ def count_unresolved(pool: ThreadedConnectionPool) -> int:
 
 
 def merge(pool: ThreadedConnectionPool, row_id: int) -> None:
-    """Add an isolated row into ``stats`` (its row has room again) and mark it
-    resolved, in one transaction. Raises QuarantineError when it cannot be."""
-    with connection(pool) as conn, conn, conn.cursor() as cur:
-        cur.execute(sql("quarantine_take"), {"id": row_id})
-        found = cur.fetchone()
-        if found is None:
-            raise QuarantineError(f"no unresolved isolated row {row_id}")
-        time, customer, content, *counters = found
-        if customer is None:
-            raise QuarantineError(f"row {row_id} did not read as a name: discard it")
-        try:
-            writes.start_staging(conn)
-            writes.stage(conn, [Row(customer, content, *(int(v) for v in counters))])
-            cur.execute(sql("upsert_stats"), {"time": time})
-        except errors.NumericValueOutOfRange:
-            raise QuarantineError(
-                f"row {row_id} still does not fit: it would pass bigint"
-            ) from None
-        cur.execute(sql("quarantine_resolve"), {"id": row_id, "resolution": "merged into stats"})
+    """Add an isolated row into ``stats`` and its rollups (its row has room
+    again) and mark it resolved, in one transaction, through the flush's
+    write path. Raises QuarantineError when it cannot be."""
+    with connection(pool) as conn:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql("quarantine_take"), {"id": row_id})
+            found = cur.fetchone()
+        if found is not None:
+            partitions.ensure(conn, [partitions.day_of(found[0])])
+        with conn, conn.cursor() as cur:
+            cur.execute(sql("quarantine_take"), {"id": row_id})
+            found = cur.fetchone()
+            if found is None:
+                raise QuarantineError(f"no unresolved isolated row {row_id}")
+            time, customer, content, *counters = found
+            if customer is None:
+                raise QuarantineError(f"row {row_id} did not read as a name: discard it")
+            try:
+                writes.start_staging(conn, time)
+                writes.stage(conn, [Row(customer, content, *(int(v) for v in counters))])
+                writes.upsert(conn, time, [], isolate_overflow=False)
+            except errors.NumericValueOutOfRange:
+                raise QuarantineError(
+                    f"row {row_id} still does not fit: it would pass bigint"
+                ) from None
+            cur.execute(
+                sql("quarantine_resolve"), {"id": row_id, "resolution": "merged into stats"}
+            )
 
 
 def discard(pool: ThreadedConnectionPool, row_id: int, reason: str) -> None:

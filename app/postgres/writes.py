@@ -1,9 +1,17 @@
 """Writing flushed windows into PostgreSQL: ledger claim, staging and additive upsert.
 
 All of it runs in the flusher's one transaction per window
-(docs/exactly-once.md). A pair whose sums cannot be added into ``stats``
-is isolated in the quarantine (``stats_quarantine``) in that same
-transaction instead of failing it (docs/exactly-once.md, "Isolated rows").
+(docs/exactly-once.md): ``claim``, ``start_staging``, ``stage`` (any number
+of times), ``upsert``, commit. ``upsert`` sums the staged rows once and adds
+those sums into ``stats`` and into the four rollups (docs/stats-table.md,
+"Rollups"), so the ledger claim covers the rollups too. A pair whose sums
+cannot be added into ``stats`` is isolated in the quarantine
+(``stats_quarantine``) in that same transaction instead of failing it
+(docs/exactly-once.md, "Isolated rows"), and left out of the rollups.
+
+The same functions write history imports (``stage_history``: rows of many
+windows) and quarantine merges. The partitions of the rows' days must exist
+before the transaction starts (``partitions.ensure``).
 """
 
 from __future__ import annotations
@@ -60,11 +68,13 @@ def claim(conn: Connection, window_end: datetime, snapshots: Iterable[Snapshot])
     return {row[0] for row in owned}
 
 
-def start_staging(conn: Connection) -> None:
+def start_staging(conn: Connection, window_end: datetime | None = None) -> None:
+    """Create the transaction's staging table; rows staged by ``stage`` get
+    the time ``window_end``, rows staged by ``stage_history`` carry their own."""
     with conn.cursor() as cur:
         # Enough memory to sum a 100k-row window in a hash, not on disk.
         cur.execute("SET LOCAL work_mem = '64MB'")
-        cur.execute(sql("create_staging"))
+        cur.execute(sql("create_staging"), {"time": window_end})
 
 
 def stage(conn: Connection, rows: Iterable[Row]) -> None:
@@ -78,26 +88,54 @@ def stage(conn: Connection, rows: Iterable[Row]) -> None:
         cur.copy_expert(sql("copy_staging"), buf)
 
 
-def upsert(conn: Connection, window_end: datetime, snapshot_ids: Iterable[str]) -> Written:
-    """Add the staged sums into ``stats`` rows of ``window_end``.
+def stage_history(conn: Connection, records: Iterable[Sequence[object]]) -> None:
+    """Bulk-load rows that carry their own time: (time, customer, content,
+    cdn, p2p, sessions, payloads, watch_ms), ``time`` a datetime or ISO text."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(records)
+    buf.seek(0)
+    with conn.cursor() as cur:
+        cur.copy_expert(sql("copy_staging_timed"), buf)
 
-    Pairs whose row would pass bigint go to the quarantine instead, with
-    ``snapshot_ids`` (the snapshots this transaction claimed).
+
+ROLLUPS = ("rollup_hourly", "rollup_daily", "rollup_customer_hourly", "rollup_customer_daily")
+
+
+def upsert(
+    conn: Connection,
+    window_end: datetime | None,
+    snapshot_ids: Iterable[str],
+    *,
+    isolate_overflow: bool = True,
+) -> Written:
+    """Add the staged sums into their ``stats`` rows and into the rollups.
+
+    The staged rows are summed once per (time, customer, content); ``stats``
+    and each rollup are upserted from those sums. Pairs whose row would pass
+    bigint go to the quarantine instead, with ``snapshot_ids`` (the ledger
+    ids this transaction claimed); with ``isolate_overflow=False`` the
+    upsert raises ``psycopg2.errors.NumericValueOutOfRange`` instead.
     """
     isolated = 0
     with conn.cursor() as cur:
-        cur.execute("SAVEPOINT upsert")
-        try:
-            cur.execute(sql("upsert_stats"), {"time": window_end})
-        except errors.NumericValueOutOfRange:
-            cur.execute("ROLLBACK TO SAVEPOINT upsert")
-            cur.execute(sql("overflowing_pairs"), {"time": window_end})
-            pairs = cur.fetchall()
-            isolated = isolate_staged(
-                conn, window_end, pairs, snapshot_ids, "a sum past bigint in stats"
-            )
-            cur.execute(sql("upsert_stats"), {"time": window_end})
-        cur.execute("RELEASE SAVEPOINT upsert")
+        cur.execute(sql("sum_staged"))
+        if not isolate_overflow:
+            cur.execute(sql("upsert_stats"))
+        else:
+            cur.execute("SAVEPOINT upsert")
+            try:
+                cur.execute(sql("upsert_stats"))
+            except errors.NumericValueOutOfRange:
+                cur.execute("ROLLBACK TO SAVEPOINT upsert")
+                cur.execute(sql("overflowing_pairs"))
+                keys = cur.fetchall()
+                isolated = isolate_staged(
+                    conn, window_end, keys, snapshot_ids, "a sum past bigint in stats"
+                )
+                cur.execute(sql("upsert_stats"))
+            cur.execute("RELEASE SAVEPOINT upsert")
+        for name in ROLLUPS:
+            cur.execute(sql(name))
         cur.execute(sql("staged_totals"))
         rows, cdn, p2p, sessions, payloads, watch_ms = (int(v) for v in cur.fetchone())
     return Written(rows, cdn, p2p, sessions, payloads, watch_ms, isolated)
@@ -138,27 +176,28 @@ def isolate(
 
 def isolate_staged(
     conn: Connection,
-    window_end: datetime,
-    pairs: Sequence[tuple[str, str]],
+    window_end: datetime | None,
+    keys: Sequence[tuple[datetime, str, str]],
     snapshot_ids: Iterable[str],
     reason: str,
 ) -> int:
-    """Move the staged sums of ``pairs`` into the quarantine."""
-    if not pairs:
+    """Move the summed staged rows of ``keys`` (time, customer, content) into
+    the quarantine; they are then in neither ``stats`` nor the rollups."""
+    if not keys:
         return 0
     with conn.cursor() as cur:
         cur.execute(
             sql("quarantine_staged"),
             {
-                "time": window_end,
-                "customers": [p[0] for p in pairs],
-                "contents": [p[1] for p in pairs],
+                "times": [k[0] for k in keys],
+                "customers": [k[1] for k in keys],
+                "contents": [k[2] for k in keys],
                 "reason": reason,
                 "snapshot_ids": sorted(snapshot_ids),
             },
         )
-    _log(window_end, len(pairs), reason)
-    return len(pairs)
+    _log(window_end or min(k[0] for k in keys), len(keys), reason)
+    return len(keys)
 
 
 def _log(window_end: datetime, count: int, reason: str) -> None:

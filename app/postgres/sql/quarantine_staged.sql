@@ -1,12 +1,13 @@
--- Move the staged sums of the given pairs into the quarantine, exactly.
+-- Move the summed staged rows of the given keys into the quarantine, exactly;
+-- neither stats nor the rollups get them.
 WITH moved AS (
-    DELETE FROM flush_staging
-    WHERE (customer, content) IN (SELECT * FROM unnest(%(customers)s::text[], %(contents)s::text[]))
-    RETURNING customer, content, cdn, p2p, sessions, payloads, watch_ms
+    DELETE FROM flush_sums
+    WHERE (time, customer, content) IN (
+        SELECT * FROM unnest(%(times)s::timestamptz[], %(customers)s::text[], %(contents)s::text[]))
+    RETURNING time, customer, content, cdn, p2p, sessions, payloads, watch_ms
 )
 INSERT INTO stats_quarantine
     (time, customer, content, cdn, p2p, sessions, payloads, watch_ms, reason, snapshot_ids)
-SELECT %(time)s, customer, content, sum(cdn), sum(p2p), sum(sessions), sum(payloads),
-       sum(watch_ms), %(reason)s, %(snapshot_ids)s
+SELECT time, customer, content, cdn, p2p, sessions, payloads, watch_ms, %(reason)s,
+       %(snapshot_ids)s
 FROM moved
-GROUP BY customer, content

@@ -1,6 +1,5 @@
--- What the upsert added: rows (distinct pairs), cdn, p2p, sessions, payloads,
--- watch_ms. Sums stay numeric: a window's total may pass bigint where no row does.
-SELECT (SELECT count(*) FROM (SELECT DISTINCT customer, content FROM flush_staging) AS pairs),
-       coalesce(sum(cdn), 0), coalesce(sum(p2p), 0), coalesce(sum(sessions), 0),
+-- What the upsert added: rows, cdn, p2p, sessions, payloads, watch_ms. Sums
+-- stay numeric: a window's total may pass bigint where no row does.
+SELECT count(*), coalesce(sum(cdn), 0), coalesce(sum(p2p), 0), coalesce(sum(sessions), 0),
        coalesce(sum(payloads), 0), coalesce(sum(watch_ms), 0)
-FROM flush_staging
+FROM flush_sums

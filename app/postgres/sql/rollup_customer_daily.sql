@@ -1,0 +1,13 @@
+-- Add the summed staged rows into the daily rollup per customer
+-- (docs/stats-table.md, "Rollups"); bucket: the UTC day of the window end.
+INSERT INTO stats_customer_daily AS r (bucket, customer, cdn, p2p, sessions, payloads, watch_ms)
+SELECT date_trunc('day', time, 'UTC'), customer, sum(cdn), sum(p2p), sum(sessions),
+       sum(payloads), sum(watch_ms)
+FROM flush_sums
+GROUP BY 1, 2
+ON CONFLICT (bucket, customer) DO UPDATE SET
+    cdn = r.cdn + EXCLUDED.cdn,
+    p2p = r.p2p + EXCLUDED.p2p,
+    sessions = r.sessions + EXCLUDED.sessions,
+    payloads = r.payloads + EXCLUDED.payloads,
+    watch_ms = r.watch_ms + EXCLUDED.watch_ms
