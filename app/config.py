@@ -56,6 +56,7 @@ class Config:
     flush_statement_timeout_ms: int = 12000
     read_concurrency: int = 0  # 0: half of web_threads
     live_max_keys: int = 20000
+    partition_ahead_days: int = 7
     api_token: str | None = field(default=None, repr=False)
     ingest_token: str | None = field(default=None, repr=False)
     failpoint: str | None = field(default=None, repr=False)
@@ -300,6 +301,7 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
     ),
     "STATS_READ_CONCURRENCY": ("read_concurrency", "int", {"validate": Range(0, 256)}),
     "STATS_LIVE_MAX_KEYS": ("live_max_keys", "int", {"validate": Range(100, 10_000_000)}),
+    "STATS_PARTITION_AHEAD_DAYS": ("partition_ahead_days", "int", {"validate": Range(1, 366)}),
     "STATS_API_TOKEN": ("api_token", "str", {}),
     "STATS_INGEST_TOKEN": ("ingest_token", "str", {}),
     "STATS_FAILPOINT": ("failpoint", "str", {"validate": OneOf(FAILPOINTS)}),

@@ -25,6 +25,7 @@ from .. import deployment
 from ..buffer.scripts import Scripts
 from ..config import Config
 from ..logs import one_line
+from ..postgres import partitions
 from ..postgres.migrations import migrate
 from ..postgres.pool import is_timeout
 from ..postgres.quarantine import count_unresolved
@@ -102,12 +103,37 @@ class FlushJob:
                 )
 
 
+class PartitionJob:
+    """At start and every hour: create the partitions of today and the next
+    STATS_PARTITION_AHEAD_DAYS days, so no flush has to create one."""
+
+    def __init__(
+        self, pool: ThreadedConnectionPool, config: Config, clock: Clock = time.time
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.clock = clock
+
+    def __call__(self) -> None:
+        try:
+            created = partitions.ensure_ahead(
+                self.pool, self.clock(), self.config.partition_ahead_days
+            )
+        except psycopg2.Error as exc:
+            # Not fatal: a flush creates the partition it needs itself.
+            logger.error("partitions_failed", extra={"reason": one_line(exc)})
+            return
+        if created:
+            logger.info("partitions_created", extra={"partitions": created})
+
+
 class RetentionJob:
-    """Once a day: delete stats rows older than STATS_RETENTION_DAYS.
+    """Once a day: drop the day partitions older than STATS_RETENTION_DAYS.
 
     A run that fails (PostgreSQL down, or a lock it gave up waiting for) logs
     ``retention_failed`` and calls ``retry`` (``build_scheduler`` makes it run
-    again after RETENTION_RETRY); the batches it committed stay deleted.
+    again after RETENTION_RETRY); the days it dropped stay dropped, and the
+    next run completes a day it left half-way.
     """
 
     def __init__(
@@ -138,10 +164,14 @@ class RetentionJob:
 
 
 def build_scheduler(
-    job: FlushJob, config: Config, retention_job: RetentionJob | None = None
+    job: FlushJob,
+    config: Config,
+    retention_job: RetentionJob | None = None,
+    partition_job: PartitionJob | None = None,
 ) -> BackgroundScheduler:
     """A scheduler running ``job`` every ``STATS_FLUSH_INTERVAL_SECONDS`` (first run
-    now) and ``retention_job`` once a day (first run a minute after start)."""
+    now), ``partition_job`` every hour (first run a few seconds after start)
+    and ``retention_job`` once a day (first run a minute after start)."""
     scheduler = BackgroundScheduler(timezone=timezone.utc)
     scheduler.add_job(
         job,
@@ -155,12 +185,23 @@ def build_scheduler(
         misfire_grace_time=max(60, int(config.flush_interval_seconds * 10)),
         next_run_time=datetime.now(timezone.utc),
     )
+    if partition_job is not None:
+        scheduler.add_job(
+            partition_job,
+            IntervalTrigger(hours=1),
+            id="partitions",
+            name="create the coming days' stats partitions",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+            next_run_time=datetime.now(timezone.utc) + timedelta(seconds=5),
+        )
     if retention_job is not None and config.retention_days > 0:
         scheduler.add_job(
             retention_job,
             IntervalTrigger(days=1),
             id="retention",
-            name="delete old stats rows",
+            name="drop old stats partitions",
             max_instances=1,
             coalesce=True,
             misfire_grace_time=3600,
@@ -172,7 +213,7 @@ def build_scheduler(
                 retention_job,
                 DateTrigger(datetime.now(timezone.utc) + RETENTION_RETRY),
                 id="retention-retry",
-                name="delete old stats rows (retry)",
+                name="drop old stats partitions (retry)",
                 replace_existing=True,
             )
 
@@ -189,7 +230,10 @@ def run(
     """Run the scheduler until SIGTERM or SIGINT; a running flush completes first."""
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     scheduler = build_scheduler(
-        FlushJob(redis, pool, config, failpoint=failpoint), config, RetentionJob(pool, config)
+        FlushJob(redis, pool, config, failpoint=failpoint),
+        config,
+        RetentionJob(pool, config),
+        PartitionJob(pool, config),
     )
     stopping = threading.Event()
 

@@ -1,2 +1,3 @@
-DELETE FROM flush_ledger
-WHERE ctid IN (SELECT ctid FROM flush_ledger WHERE flushed_at < %(before)s LIMIT %(batch)s)
+-- Ledger rows of windows (and import chunks) whose rows are all before
+-- %(before)s: dropped with their partitions.
+DELETE FROM flush_ledger WHERE window_end < %(before)s
