@@ -13,7 +13,10 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load
 from marshmallow.validate import OneOf
 
-BUCKETS = {"5m": "5 minutes", "1h": "1 hour", "1d": "1 day"}
+# 5m sums raw windows; 1h and 1d read the hourly and daily rollups; 1mo
+# (calendar months, UTC) reads the daily rollups (docs/stats-table.md, "Rollups").
+BUCKETS = ("5m", "1h", "1d", "1mo")
+FORMATS = ("json", "csv")
 GROUPS = {"customer": (True, False), "content": (False, True), "customer,content": (True, True)}
 MAX_LIMIT = 1000
 # A cursor this service wrote is some 100 characters plus the names (256
@@ -32,6 +35,7 @@ class Query:
     group_by: str | None = None
     bucket: str | None = None
     after: tuple[datetime, str, str] | None = None
+    format: str | None = None  # json or csv; None: as the Accept header asks
 
     @property
     def rollup(self) -> bool:
@@ -155,8 +159,18 @@ class HistoryArgs(Schema):
         metadata={"description": "Sum rows over the other column"},
     )
     bucket = fields.String(
-        validate=OneOf(tuple(BUCKETS), error=f"Must be one of {', '.join(BUCKETS)}."),
-        metadata={"description": "Sum rows into UTC buckets, stamped with the bucket start"},
+        validate=OneOf(BUCKETS, error=f"Must be one of {', '.join(BUCKETS)}."),
+        metadata={
+            "description": "Sum rows into UTC buckets (1mo: calendar months), stamped with "
+            "the bucket start"
+        },
+    )
+    format = fields.String(
+        validate=OneOf(FORMATS, error=f"Must be one of {', '.join(FORMATS)}."),
+        metadata={
+            "description": "csv: every matching row as CSV, streamed (as `Accept: text/csv`); "
+            "default json, one page"
+        },
     )
 
     @pre_load

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
 
 import psycopg2
-from flask import current_app, g, jsonify
+from flask import Response, current_app, g, jsonify, request
 from redis.exceptions import RedisError
 
 from ..buffer import live
@@ -15,7 +15,7 @@ from ..postgres.pool import is_timeout
 from ..web.auth import require_bearer
 from ..web.docs import Blueprint, error_responses
 from ..web.errors import InvalidParameter, Unavailable
-from . import history, history_params
+from . import export, history, history_params
 from .live_params import LiveArgs, LiveQuery
 
 logger = logging.getLogger(__name__)
@@ -58,16 +58,32 @@ def _share(cdn: int, p2p: int) -> float | None:
 @bp.doc(
     security=[{"bearer": []}],
     responses={
-        200: {"description": 'One page of rows: {"rows": [...], "next": cursor or null}'},
+        200: {
+            "description": 'One page of rows: {"rows": [...], "next": cursor or null}; with '
+            "`format=csv` or `Accept: text/csv`, every matching row as CSV (streamed)",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
         **error_responses(400, 401, 503),
     },
 )
 def get_history(query: history_params.Query):
-    """Stats history from PostgreSQL, one page at a time."""
+    """Stats history from PostgreSQL, one page at a time, or all of it as CSV."""
     services = current_app.extensions["payload_stats"]
     if services.pool is None:
         raise Unavailable("DATABASE_URL is not set for this web process.")
+    window = services.config.window_seconds
     try:
+        if _wants_csv(query):
+            chunks = export.csv_stream(services.pool, query, window)
+            # The read slot is held until the last page is sent, not given back
+            # when the view returns (the body streams after that).
+            response = Response(_guarded(chunks), content_type=export.CSV_TYPE)
+            if g.pop("read_slot", False):
+                response.call_on_close(services.read_slots.release)
+            return response
         rows, cursor = history.fetch(services.pool, query)
     except psycopg2.DataError as exc:  # a value PostgreSQL cannot represent
         raise InvalidParameter({"query": [" ".join(str(exc).split())]}) from None
@@ -81,19 +97,24 @@ def get_history(query: history_params.Query):
         # Down, or not migrated yet (payload-stats init-db): nothing the client did.
         logger.warning("postgres_unavailable", extra={"reason": reason})
         raise Unavailable("The stats database is unavailable; retry shortly.") from None
-    by_customer, by_content = history_params.GROUPS.get(query.group_by, (True, True))
-    out = []
-    for t, customer, content, cdn, p2p, sessions, payloads in rows:
-        row: dict[str, Any] = {"time": _iso(t)}
-        if by_customer:
-            row["customer"] = customer
-        if by_content:
-            row["content"] = content
-        row.update(
-            cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads, p2p_share=_share(cdn, p2p)
-        )
-        out.append(row)
-    return jsonify(rows=out, next=cursor)
+    return jsonify(rows=[export.record(query, r, window) for r in rows], next=cursor)
+
+
+def _wants_csv(query: history_params.Query) -> bool:
+    if query.format is not None:
+        return query.format == "csv"
+    best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
+    return best == "text/csv"
+
+
+def _guarded(chunks: Iterator[str]) -> Iterator[str]:
+    """The CSV chunks; a database failure after the first page ends the answer
+    early (the status line is sent already) and is logged."""
+    try:
+        yield from chunks
+    except psycopg2.Error as exc:
+        logger.warning("csv_export_aborted", extra={"reason": " ".join(str(exc).split())})
+        raise
 
 
 @bp.get("/stats/live")
@@ -134,6 +155,7 @@ def get_live(query: LiveQuery):
                 "p2p": r.p2p,
                 "sessions": r.sessions,
                 "payloads": r.payloads,
+                "watch_ms": r.watch_ms,
                 "p2p_share": _share(r.cdn, r.p2p),
             }
             for r in found.rows

@@ -19,14 +19,13 @@ from dataclasses import astuple, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import psycopg2.extras
 import pytest
 
 from payload_stats.config import Config
 from payload_stats.flush.flusher import flush_once
 from payload_stats.postgres.pool import connection
 from payload_stats.web.app import create_app
-from tests.conftest import START, FakeClock, payload
+from tests.conftest import START, FakeClock, payload, write_rows
 from tests.support.model import Model
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/x"
@@ -55,24 +54,31 @@ def share(cdn: int, p2p: int) -> float | None:
 
 
 def as_json(row: Row, columns: Sequence[str] = ("customer", "content")) -> dict[str, Any]:
-    """The JSON object GET /stats must answer for ``row``."""
-    t, customer, content, cdn, p2p, sessions, payloads = row
+    """The JSON object GET /stats must answer for ``row`` (a 5-minute window row;
+    watch_ms 0 when the row has none)."""
+    t, customer, content, cdn, p2p, sessions, payloads, *watch = row
+    watch_ms = watch[0] if watch else 0
     out: dict[str, Any] = {"time": iso(t)}
     if "customer" in columns:
         out["customer"] = customer
     if "content" in columns:
         out["content"] = content
-    out.update(cdn=cdn, p2p=p2p, sessions=sessions, payloads=payloads, p2p_share=share(cdn, p2p))
+    out.update(
+        cdn=cdn,
+        p2p=p2p,
+        sessions=sessions,
+        payloads=payloads,
+        watch_ms=watch_ms,
+        avg_viewers=round(watch_ms / 300_000, 6),
+        p2p_share=share(cdn, p2p),
+    )
     return out
 
 
 def insert(pool, rows: Iterable[Row]) -> None:
-    with connection(pool) as conn, conn, conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) VALUES %s",
-            list(rows),
-        )
+    """Rows into stats and its rollups, through the write path (rows and
+    rollups must agree, as the flush keeps them)."""
+    write_rows(pool, rows)
 
 
 def select(pool, where: str = "TRUE", params: dict | None = None, order: str = "ASC") -> list[Row]:
@@ -189,8 +195,8 @@ def test_rows_written_by_the_flush_are_served_exactly(client, redis, pool, confi
     report = flush_once(redis, pool, config, clock)
     assert report.rows == 12
     expected = {
-        # GET /stats serves cdn, p2p, sessions and payloads.
-        (datetime.fromtimestamp(end, tz=timezone.utc), cu, co): astuple(row)[:4]
+        # GET /stats serves cdn, p2p, sessions, payloads and watch_ms.
+        (datetime.fromtimestamp(end, tz=timezone.utc), cu, co): astuple(row)[:5]
         for (end, cu, co), row in model.rows().items()
     }
 
@@ -208,7 +214,7 @@ def test_rows_written_by_the_flush_are_served_exactly(client, redis, pool, confi
     ]
     assert get(client, **{"from": "2026-11-26T10:10:00Z"})["rows"] == want[4:]
     # A rollup of the flushed rows: per customer and day.
-    daily: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    daily: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for (_, customer, _), values in expected.items():
         daily[customer] = [a + b for a, b in zip(daily[customer], values, strict=True)]
     assert get(client, group_by="customer", bucket="1d")["rows"] == [
@@ -219,9 +225,11 @@ def test_rows_written_by_the_flush_are_served_exactly(client, redis, pool, confi
             "p2p": p2p,
             "sessions": sessions,
             "payloads": payloads,
+            "watch_ms": watch_ms,
+            "avg_viewers": round(watch_ms / 86_400_000, 6),
             "p2p_share": share(cdn, p2p),
         }
-        for cu, (cdn, p2p, sessions, payloads) in sorted(daily.items())
+        for cu, (cdn, p2p, sessions, payloads, watch_ms) in sorted(daily.items())
     ]
 
 
@@ -236,7 +244,7 @@ def test_a_late_payload_merged_into_a_flushed_row_is_served_once(
     assert client.post("/stats", json=payload(token="b", cdn=5, p2p=0)).status_code == 200
     clock.now = START + 600
     flush_once(redis, pool, config, clock)
-    assert get(client)["rows"] == [as_json((FIRST_END, "acme", "movie-1", 15, 30, 2, 2))]
+    assert get(client)["rows"] == [as_json((FIRST_END, "acme", "movie-1", 15, 30, 2, 2, 60000))]
 
 
 # --- filters and order -------------------------------------------------------
@@ -615,7 +623,11 @@ def test_rollups_equal_the_sums_of_the_5_minute_rows(client, two_days, group_by,
     rows, _ = walk(client, limit=250, **params)
     columns = group_by.split(",") if group_by else ["customer", "content"]
     for r in rows:
-        assert set(r) == {"time", *columns, "cdn", "p2p", "sessions", "payloads", "p2p_share"}
+        assert set(r) == {
+            "time",
+            *columns,
+            *("cdn", "p2p", "sessions", "payloads", "watch_ms", "avg_viewers", "p2p_share"),
+        }
     got = {key(r): r for r in rows}
     assert len(got) == len(rows), "a group was repeated across pages"
     want = rollup(two_days, group_by, bucket)
@@ -629,6 +641,8 @@ def test_rollups_equal_the_sums_of_the_5_minute_rows(client, two_days, group_by,
             "p2p": p2p,
             "sessions": sessions,
             "payloads": payloads,
+            "watch_ms": 0,
+            "avg_viewers": 0.0,
             "p2p_share": share(cdn, p2p),
         }
     # Ordered by time, then customer, then content (plain ASCII names: code point order).
@@ -666,6 +680,8 @@ def test_rollup_bucket_stamps_and_boundaries(client, pool):
             "p2p": 0,
             "sessions": 0,
             "payloads": 1,
+            "watch_ms": 0,
+            "avg_viewers": 0.0,
             "p2p_share": 0.0,
         },
         {
@@ -675,6 +691,8 @@ def test_rollup_bucket_stamps_and_boundaries(client, pool):
             "p2p": 0,
             "sessions": 0,
             "payloads": 2,
+            "watch_ms": 0,
+            "avg_viewers": 0.0,
             "p2p_share": 0.0,
         },
         {
@@ -684,6 +702,8 @@ def test_rollup_bucket_stamps_and_boundaries(client, pool):
             "p2p": 0,
             "sessions": 0,
             "payloads": 2,
+            "watch_ms": 0,
+            "avg_viewers": 0.0,
             "p2p_share": 0.0,
         },
     ]
