@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from psycopg2 import errors
+from psycopg2 import sql as pgsql
 from psycopg2.extras import execute_values
 
 from ..buffer.snapshots import Row, Snapshot, Unreadable
@@ -54,9 +55,16 @@ def claim(conn: Connection, window_end: datetime, snapshots: Iterable[Snapshot])
     Ids already in the ledger were committed by an earlier (or concurrent)
     flush and must not be written again.
     """
+    return claim_ids(conn, window_end, {s.id for s in snapshots})
+
+
+def claim_ids(conn: Connection, window_end: datetime, ids: Iterable[str]) -> set[str]:
+    """Record ledger ``ids`` (snapshots, import chunks) whose rows all end by
+    ``window_end`` (retention deletes the ledger row with them); return the ids
+    this transaction owns."""
     # One order for every flusher: two transactions claiming the same ids in
     # different orders would deadlock on each other's uncommitted rows.
-    ids = sorted({s.id for s in snapshots})
+    ids = sorted(set(ids))
     with conn.cursor() as cur:
         owned = execute_values(
             cur,
@@ -98,7 +106,29 @@ def stage_history(conn: Connection, records: Iterable[Sequence[object]]) -> None
         cur.copy_expert(sql("copy_staging_timed"), buf)
 
 
-ROLLUPS = ("rollup_hourly", "rollup_daily", "rollup_customer_hourly", "rollup_customer_daily")
+def stage_copy(conn: Connection, data: bytes) -> None:
+    """Bulk-load rows already in the form ``stage_history`` writes (COPY CSV)."""
+    with conn.cursor() as cur:
+        cur.copy_expert(sql("copy_staging_timed"), io.BytesIO(data))
+
+
+def _rollup(name: str, unit: str, *, single_window: bool) -> pgsql.Composed:
+    """A per-(customer, content) rollup upsert: from the summed rows as they are
+    when they hold one window (no second aggregation of 100k rows), grouped
+    by bucket otherwise."""
+    trunc = pgsql.SQL("date_trunc({}, time, 'UTC')").format(pgsql.Literal(unit))
+    if single_window:
+        rows = pgsql.SQL(
+            "(SELECT {} AS bucket, customer, content, cdn, p2p, sessions, payloads, watch_ms "
+            "FROM flush_sums)"
+        ).format(trunc)
+    else:
+        rows = pgsql.SQL(
+            "(SELECT {} AS bucket, customer, content, sum(cdn) AS cdn, sum(p2p) AS p2p, "
+            "sum(sessions) AS sessions, sum(payloads) AS payloads, sum(watch_ms) AS watch_ms "
+            "FROM flush_sums GROUP BY 1, 2, 3)"
+        ).format(trunc)
+    return pgsql.SQL(sql(name)).format(rows=rows)
 
 
 def upsert(
@@ -134,7 +164,9 @@ def upsert(
                 )
                 cur.execute(sql("upsert_stats"))
             cur.execute("RELEASE SAVEPOINT upsert")
-        for name in ROLLUPS:
+        for name, unit in (("rollup_hourly", "hour"), ("rollup_daily", "day")):
+            cur.execute(_rollup(name, unit, single_window=window_end is not None))
+        for name in ("rollup_customer_hourly", "rollup_customer_daily"):
             cur.execute(sql(name))
         cur.execute(sql("staged_totals"))
         rows, cdn, p2p, sessions, payloads, watch_ms = (int(v) for v in cur.fetchone())

@@ -22,7 +22,7 @@ import calendar
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Any
 
 from psycopg2 import sql as pgsql
@@ -124,9 +124,10 @@ def bucket_ms(bucket: str | None, start: datetime, window_seconds: int) -> int:
 
 def avg_viewers(watch_ms: int, length_ms: int) -> Decimal:
     """watch_ms / length, exact to 6 decimal places (rounded half to even)."""
-    return (Decimal(watch_ms) / Decimal(length_ms)).quantize(
-        Decimal("0.000001"), rounding=ROUND_HALF_EVEN
-    )
+    with localcontext(prec=80):  # sums past bigint included
+        return (Decimal(watch_ms) / Decimal(length_ms)).quantize(
+            Decimal("0.000001"), rounding=ROUND_HALF_EVEN
+        )
 
 
 # --- rollup buckets: rollup tables, ragged edges from finer levels ------------
