@@ -21,6 +21,7 @@ def record_flush(
     *,
     ok: bool,
     rows: int = 0,
+    watch_ms: int = 0,
     duration: float = 0.0,
     quarantined: int = 0,
 ) -> None:
@@ -31,6 +32,9 @@ def record_flush(
         pipe.hincrby(name, "runs" if ok else "failures", 1)
         if ok:
             pipe.hincrby(name, "rows", rows)
+            # Watch time written: rate(...) / 1000 is the average number of
+            # concurrent viewers (docs/stats-table.md, "Watch time and average viewers").
+            pipe.hincrby(name, "watch_ms", watch_ms)
             pipe.hset(
                 name,
                 mapping={
@@ -45,7 +49,7 @@ def record_flush(
 
 
 def read_figures(redis: Redis, config: Config) -> dict[str, float]:
-    """The recorded figures: runs, failures, rows, last_duration, last_success.
+    """The recorded figures: runs, failures, rows, watch_ms, last_duration, last_success.
 
     Raises redis.RedisError.
     """

@@ -98,6 +98,7 @@ class FlushJob:
                     self.config,
                     ok=True,
                     rows=report.rows,
+                    watch_ms=report.total("watch_ms"),
                     duration=report.duration_seconds,
                     quarantined=isolated,
                 )

@@ -37,7 +37,7 @@ def render(rows: list[LiveRow] | LiveRead, config: Config, now: float, limit: in
     table = Table(title=f"payload-stats: window ending {end} UTC ({elapsed:.0f}s of {length}s)")
     for name in ("customer", "content"):
         table.add_column(name, overflow="fold")
-    for name in ("cdn", "p2p", "p2p share", "sessions", "payloads/s"):
+    for name in ("cdn", "p2p", "p2p share", "sessions", "payloads/s", "viewers"):
         table.add_column(name, justify="right")
     for r in rows[:limit]:
         share = r.p2p_share
@@ -49,6 +49,8 @@ def render(rows: list[LiveRow] | LiveRead, config: Config, now: float, limit: in
             "-" if share is None else f"{100 * share:.1f}%",
             str(r.sessions),
             f"{r.payloads / elapsed:.1f}",
+            # Average concurrent viewers so far: watch time over the time elapsed.
+            f"{r.watch_ms / (elapsed * 1000):.1f}",
         )
     total = len(rows) if read is None else read.matched
     note = f"{min(limit, len(rows))} of {total} customer/content pairs"

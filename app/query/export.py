@@ -13,6 +13,7 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from psycopg2.pool import ThreadedConnectionPool
@@ -63,10 +64,22 @@ def record(query: Query, row: history.Row, window_seconds: int) -> dict[str, Any
 
 
 def csv_cells(query: Query, row: history.Row, window_seconds: int) -> list[Any]:
-    """One CSV line's cells, in ``columns(query)`` order; an empty p2p_share
-    cell when there were no bytes."""
+    """One CSV line's cells, in ``columns(query)`` order: avg_viewers exact to 6
+    places in plain decimal notation, an empty p2p_share cell when there were
+    no bytes."""
     values = record(query, row, window_seconds)
-    return ["" if values[name] is None else values[name] for name in columns(query)]
+    t, _, _, cdn, p2p, _, _, watch_ms = row
+    viewers = history.avg_viewers(watch_ms, history.bucket_ms(query.bucket, t, window_seconds))
+    values["avg_viewers"] = _plain(viewers)
+    share = values["p2p_share"]
+    values["p2p_share"] = "" if share is None else _plain(Decimal(repr(share)))
+    return [values[name] for name in columns(query)]
+
+
+def _plain(number: Decimal) -> str:
+    """1.500000 -> 1.5, 10.000000 -> 10, 0.000003 -> 0.000003 (never 3E-6)."""
+    text = format(number, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def csv_text(

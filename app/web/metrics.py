@@ -137,6 +137,12 @@ class FlushCollector:
             ("payload_stats_flush_runs", "runs", "Flush runs that succeeded."),
             ("payload_stats_flush_failures", "failures", "Flush runs that failed."),
             ("payload_stats_flush_rows", "rows", "Rows written into PostgreSQL by flushes."),
+            (
+                "payload_stats_flush_watch_ms",
+                "watch_ms",
+                "Watch time written into PostgreSQL by flushes, in ms "
+                "(rate / 1000: average concurrent viewers).",
+            ),
         ):
             family = CounterMetricFamily(name, text)
             family.add_metric([], figures.get(field, 0.0))

@@ -62,6 +62,7 @@ def expected(
             "p2p": row.p2p,
             "sessions": row.sessions,
             "payloads": row.payloads,
+            "watch_ms": row.watch_ms,
             "p2p_share": share(row.cdn, row.p2p),
         }
         for (end, cu, co), row in model.rows().items()
@@ -460,11 +461,12 @@ def test_render_sorts_by_traffic_and_formats(config):
         "100.0%",
         "40",
         "10.0",
+        "0.0",  # viewers: no watch time in these rows
     ]
-    assert values["big"] == ["big", "big-content", "5.0 MB", "3.0 MB", "37.5%", "9", "2.0"]
-    assert values["mid"] == ["mid", "mid-content", "1.5 KB", "500 B", "25.0%", "2", "0.5"]
-    assert values["tiny"] == ["tiny", "tiny-content", "999 B", "0 B", "0.0%", "0", "0.2"]
-    assert values["nothing"] == ["nothing", "nothing-content", "0 B", "0 B", "-", "1", "0.1"]
+    assert values["big"] == ["big", "big-content", "5.0 MB", "3.0 MB", "37.5%", "9", "2.0", "0.0"]
+    assert values["mid"] == ["mid", "mid-content", "1.5 KB", "500 B", "25.0%", "2", "0.5", "0.0"]
+    assert values["tiny"] == ["tiny", "tiny-content", "999 B", "0 B", "0.0%", "0", "0.2", "0.0"]
+    assert values["nothing"] == ["nothing", "nothing-content", "0 B", "0 B", "-", "1", "0.1", "0.0"]
     assert "5 of 5 customer/content pairs" in text
 
 

@@ -435,8 +435,10 @@ def test_read_endpoints_document_their_parameters_and_errors(client):
         "cursor",
         "group_by",
         "bucket",
+        "format",
     }
     assert {"200", "400", "401", "503"} <= set(history["responses"])
+    assert set(history["responses"]["200"]["content"]) == {"application/json", "text/csv"}
     live = spec["paths"]["/stats/live"]["get"]
     assert {p["name"] for p in live["parameters"]} == {"customer", "content", "limit"}
     payload_schema = spec["components"]["schemas"]["Payload"]
