@@ -65,6 +65,18 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         help="keys per flushed window, comma-separated [10000,100000]",
     )
     p.add_argument("--memory-keys", type=int, default=100_000)
+    p.add_argument(
+        "--history-keys",
+        type=_ints,
+        default=(100, 1000),
+        help="for --only history: keys per 5-minute window, comma-separated; a year of "
+        "100 is ~10.5 M rows [100,1000]",
+    )
+    p.add_argument("--history-days", type=int, default=365, help="days filled [365]")
+    p.add_argument("--history-reps", type=int, default=100, help="runs of each query [100]")
+    p.add_argument(
+        "--history-raw-reps", type=int, default=10, help="runs of each raw-rows query [10]"
+    )
     p.add_argument("--memory-tokens", type=int, default=100_000)
     p.add_argument(
         "--cluster-shards",
@@ -120,6 +132,10 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         memory_keys=a.memory_keys,
         memory_tokens=a.memory_tokens,
         cluster_shards=a.cluster_shards,
+        history_keys=a.history_keys,
+        history_days=a.history_days,
+        history_reps=a.history_reps,
+        history_raw_reps=a.history_raw_reps,
         warmup=a.warmup,
         setup=WorkerSetup(a.worker_class, a.workers, a.worker_threads),
         worker_setups=tuple(a.worker_setups.split(",")),

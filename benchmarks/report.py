@@ -16,6 +16,7 @@ TARGET_P99_MS = 25.0
 TARGET_FLUSH_ROWS_PER_S = 50_000
 TARGET_BYTES_PER_KEY = 200
 TARGET_BYTES_PER_TOKEN = 100
+TARGET_HISTORY_P99_MS = 50.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,45 @@ def _flush_rows(flushes: list[dict[str, Any]]) -> list[Row]:
                 (f["rows_per_s"] >= TARGET_FLUSH_ROWS_PER_S and f["rows"] == f["keys"])
                 if big
                 else None,
+            )
+        )
+    return rows
+
+
+def _history_rows(runs: list[dict[str, Any]]) -> list[Row]:
+    rows = []
+    for h in runs:
+        size = f"{h['fill']['rows'] / 1e6:,.1f} M rows"
+        for q in h["queries"].values():
+            s, r = q["service"], q["raw"]
+            rows.append(
+                Row(
+                    f"{q['label']}, p99 ({size})",
+                    _ratio(s["p99_ms"], r["p99_ms"]),
+                    "the same on raw rows",
+                    f"p50 {s['p50_ms']} / p99 {s['p99_ms']} ms; raw p50 {r['p50_ms']} / "
+                    f"p99 {r['p99_ms']} ms; {q['rows']} rows",
+                    f"≤ {TARGET_HISTORY_P99_MS:g} ms",
+                    s["p99_ms"] <= TARGET_HISTORY_P99_MS,
+                )
+            )
+        fill = h["fill"]
+        rows.append(
+            Row(
+                f"import rows/s ({size})",
+                None,
+                "",
+                f"{fill['rows_per_s']:,} rows/s ({fill['rows']:,} rows in {fill['seconds']:,.0f} s;"
+                f" stats {fill['stats_gb']} GB, rollups {fill['rollups_gb']} GB)",
+            )
+        )
+        ret = h["retention"]
+        rows.append(
+            Row(
+                f"retention: drop a day ({size})",
+                None,
+                "",
+                f"{ret['rows']:,} rows in {ret['seconds']:.2f} s",
             )
         )
     return rows
@@ -504,6 +544,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         + _non2xx_row(results)
         + _batch_rows(results)
         + _flush_rows(results.get("flush", []))
+        + _history_rows(results.get("history", []))
         + _memory_rows(results.get("memory", {}))
         + _cluster_rows(results)
         + _capacity_rows(results)

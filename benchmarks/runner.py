@@ -58,9 +58,11 @@ PHASES = (
     "profile",
     "availability",
     "cluster",
+    "history",
 )
+# history fills a year of rows (tens of minutes at least): only when asked for.
 DEFAULT_PHASES = tuple(
-    p for p in PHASES if p not in ("workers", "profile", "availability", "cluster")
+    p for p in PHASES if p not in ("workers", "profile", "availability", "cluster", "history")
 )
 # label: (masters, replicas per master, redis-server options, service environment)
 CLUSTER_SETUPS: dict[str, tuple[int, int, tuple[str, ...], dict[str, str]]] = {
@@ -94,6 +96,10 @@ class Options:
     # 5 %); 8, the default, puts 2, 4 and 2 shards on them (docs/capacity.md).
     cluster_shards: int = 64
     cluster_setups: tuple[str, ...] = tuple(CLUSTER_SETUPS)  # labels of CLUSTER_SETUPS
+    history_keys: tuple[int, ...] = (100, 1000)  # keys per window: ~10.5 M and ~105 M rows
+    history_days: int = 365
+    history_reps: int = 100
+    history_raw_reps: int = 10
     warmup: float = 1.0
     setup: WorkerSetup = field(default_factory=WorkerSetup)
     worker_setups: tuple[str, ...] = DEFAULT_WORKER_SETUPS
@@ -481,6 +487,21 @@ class Run:
             )
             self.results.setdefault("servers", {})["project"] = server.describe()
 
+    def history_phase(self) -> None:
+        from . import history
+
+        self.results["history"] = [
+            history.run(
+                self.o.database_url,
+                keys,
+                self.o.history_days,
+                self.o.history_reps,
+                self.o.history_raw_reps,
+                self.o.log,
+            )
+            for keys in self.o.history_keys
+        ]
+
     def cleanup(self) -> None:
         sandbox.delete_prefix(self.redis, self.prefix)
         if self.schema:
@@ -507,6 +528,8 @@ def run(options: Options) -> dict[str, Any]:
             r.profile_phase()
         if "availability" in only:
             r.availability_phase()
+        if "history" in only:
+            r.history_phase()
     finally:
         r.cleanup()
     return r.results

@@ -28,6 +28,17 @@ KEEPALIVES = {
 }
 
 
+class Pool(ThreadedConnectionPool):
+    """A pool that connects lazily (creating it never touches the network) and
+    keeps the connections it is given back, up to ``maxconn``, for the next
+    borrower: psycopg2 closes every connection returned beyond ``minconn``, so
+    with ``minconn=0`` each request would pay a new connection (~10 ms)."""
+
+    def __init__(self, maxconn: int, *args, **kwargs) -> None:
+        super().__init__(0, maxconn, *args, **kwargs)  # no connection now
+        self.minconn = maxconn  # only read when a connection is returned
+
+
 def create_pool(
     database_url: str,
     maxconn: int = 4,
@@ -35,7 +46,7 @@ def create_pool(
     statement_timeout_ms: int | None = None,
     lock_timeout_ms: int | None = None,
 ) -> ThreadedConnectionPool:
-    """A pool that connects lazily: creating it never touches the network.
+    """A lazy pool of at most ``maxconn`` connections, reused (``Pool``).
 
     With timeouts, every statement of every connection of the pool has them
     (libpq ``options``, added to any the URL already holds): a statement that
@@ -54,8 +65,7 @@ def create_pool(
     if settings:
         given = psycopg2.extensions.parse_dsn(database_url).get("options", "")
         extra["options"] = " ".join([given, *settings]).strip()
-    return ThreadedConnectionPool(
-        0,
+    return Pool(
         maxconn,
         database_url,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
