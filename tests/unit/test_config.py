@@ -41,6 +41,7 @@ ALL_SET = {
     "STATS_FLUSH_STATEMENT_TIMEOUT_MS": "9000",
     "STATS_READ_CONCURRENCY": "3",
     "STATS_LIVE_MAX_KEYS": "5000",
+    "STATS_PARTITION_AHEAD_DAYS": "3",
     "STATS_API_TOKEN": "api-secret",
     "STATS_INGEST_TOKEN": "ingest-secret",
     "STATS_FAILPOINT": "mid_batch",
@@ -75,6 +76,7 @@ ALL_SET_EXPECTED = {
     "flush_statement_timeout_ms": 9000,
     "read_concurrency": 3,
     "live_max_keys": 5000,
+    "partition_ahead_days": 3,
     "api_token": "api-secret",
     "ingest_token": "ingest-secret",
     "failpoint": "mid_batch",
@@ -104,6 +106,7 @@ def test_defaults() -> None:
     assert config.log_level == "INFO"
     assert config.log_format == "text"
     assert config.retention_days == 365
+    assert config.partition_ahead_days == 7
     assert config.api_token is None
     assert config.ingest_token is None
     assert config.failpoint is None
@@ -245,6 +248,8 @@ def test_edge_values_are_accepted(name: str, raw: str, attr: str, expected: obje
         # enumerations
         ("STATS_RETENTION_DAYS", "-1"),
         ("STATS_RETENTION_DAYS", "a year"),
+        ("STATS_PARTITION_AHEAD_DAYS", "0"),
+        ("STATS_PARTITION_AHEAD_DAYS", "367"),
         ("STATS_LOG_LEVEL", "verbose"),
         ("STATS_LOG_FORMAT", "xml"),
         ("STATS_FAILPOINT", "before_freeze"),
