@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -176,6 +177,8 @@ def markdown(results: dict, table: list[report.Row], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM ends the run like Ctrl-C: the sandbox (keys, schemas) is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     options, args = parse(sys.argv[1:] if argv is None else argv)
     if options.loader in ("auto", "wrk") and not load_wrk.available():
         if options.loader == "wrk":

@@ -80,7 +80,9 @@ def page(conn: Connection, query: Query, limit: int) -> list[Row]:
         rows = _rollup_page(conn, query, limit)
     else:
         rows = _raw_page(conn, query, limit)
-    return [(r[0], r[1], r[2], *(int(v) for v in r[3:])) for r in rows]
+    if rows and any(type(v) is not int for v in rows[0][3:]):  # numeric sums: Decimal
+        return [(r[0], r[1], r[2], *(int(v) for v in r[3:])) for r in rows]
+    return rows
 
 
 # --- buckets -----------------------------------------------------------------
@@ -248,14 +250,17 @@ SLICE_GROWTH = 4  # each slice covers 4 times the days of the one before
 
 
 def _raw_page(conn: Connection, query: Query, limit: int) -> list[tuple]:
-    bounds = partitions.span(conn)
-    if bounds is None:
-        return []
-    lo, hi = bounds
-    if query.start is not None:
-        lo = max(lo, query.start)
-    if query.end is not None:
-        hi = min(hi, query.end)
+    if query.start is not None and query.end is not None:
+        lo, hi = query.start, query.end
+    else:  # an open end: as far as the oldest or newest partition
+        bounds = partitions.span(conn)
+        if bounds is None:
+            return []
+        lo, hi = bounds
+        if query.start is not None:
+            lo = max(lo, query.start)
+        if query.end is not None:
+            hi = min(hi, query.end)
     if query.after is not None:  # nothing before (asc) or after (desc) the cursor's time
         t = query.after[0]
         if query.descending:
