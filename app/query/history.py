@@ -36,6 +36,9 @@ MICROSECOND = timedelta(microseconds=1)
 FIVE_MINUTES = timedelta(minutes=5)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+# The instants Python can hold; a query parameter may sit at either end.
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=timezone.utc)
 ROLLUP_BUCKETS = ("1h", "1d", "1mo")
 # (time, customer, content, cdn, p2p, sessions, payloads, watch_ms)
 Row = tuple
@@ -103,11 +106,22 @@ def floor(moment: datetime, bucket: str) -> datetime:
 
 
 def next_start(start: datetime, bucket: str) -> datetime:
-    """The start of the bucket after the one starting at ``start``."""
+    """The start of the bucket after the one starting at ``start`` (LATEST past year 9999)."""
     if bucket == "1mo":
         year, month = divmod(start.month, 12)
-        return start.replace(year=start.year + year, month=month + 1)
-    return start + {"5m": FIVE_MINUTES, "1h": HOUR, "1d": DAY}[bucket]
+        try:
+            return start.replace(year=start.year + year, month=month + 1)
+        except ValueError:
+            return LATEST
+    return shift(start, {"5m": FIVE_MINUTES, "1h": HOUR, "1d": DAY}[bucket])
+
+
+def shift(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, held at EARLIEST or LATEST instead of overflowing."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return LATEST if delta > timedelta(0) else EARLIEST
 
 
 def ceil(moment: datetime, bucket: str) -> datetime:
@@ -264,21 +278,22 @@ def _raw_page(conn: Connection, query: Query, limit: int) -> list[tuple]:
     if query.after is not None:  # nothing before (asc) or after (desc) the cursor's time
         t = query.after[0]
         if query.descending:
-            hi = min(hi, t + (FIVE_MINUTES if query.bucket == "5m" else MICROSECOND))
+            hi = min(hi, shift(t, FIVE_MINUTES if query.bucket == "5m" else MICROSECOND))
         else:
             lo = max(lo, t)
     rows: list[tuple] = []
     days = 1
     while lo < hi and len(rows) < limit:
         if query.descending:
-            a = max(lo, partitions.day_start((hi - MICROSECOND).date()) - (days - 1) * DAY)
+            last_day = partitions.day_start(shift(hi, -MICROSECOND).date())
+            a = max(lo, shift(last_day, -(days - 1) * DAY))
             rows += _raw_slice(conn, query, a, hi, limit - len(rows))
             hi = a
         else:
-            b = min(hi, partitions.day_start(lo.date()) + days * DAY)
+            b = min(hi, shift(partitions.day_start(lo.date()), days * DAY))
             rows += _raw_slice(conn, query, lo, b, limit - len(rows))
             lo = b
-        days *= SLICE_GROWTH
+        days = min(days * SLICE_GROWTH, 100_000)  # 100,000 days: more than any range
     return rows
 
 

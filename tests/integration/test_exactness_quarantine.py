@@ -11,6 +11,7 @@ the real Redis and PostgreSQL, with the FakeClock.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
 import pytest
 
@@ -22,10 +23,9 @@ from payload_stats.flush.flusher import flush_once
 from payload_stats.flush.scheduler import FlushJob
 from payload_stats.postgres import quarantine
 from payload_stats.windows import window_end, window_index
-from tests.conftest import START, payload
+from tests.conftest import START, payload, write_rows
 from tests.integration.test_exactness_support import (
     MAX_BIGINT,
-    execute,
     ledger_ids,
     metric,
     quarantine_table,
@@ -206,13 +206,9 @@ def test_straggler_past_an_existing_row_is_isolated_and_the_row_kept(
     config, redis, pool, client, clock
 ):
     near = (MAX_BIGINT - 5, 7, 1, 1, 0)
-    execute(
-        pool,
-        "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads, watch_ms) "
-        "VALUES (to_timestamp(%s), 'acme', 'movie-1', %s, %s, %s, %s, %s), "
-        "(to_timestamp(%s), 'acme', 'movie-2', 100, 0, 0, 1, 10)",
-        (END, *near, END),
-    )
+    at = datetime.fromtimestamp(END, tz=timezone.utc)
+    # Through the write path: stats rows have their partition and rollups.
+    write_rows(pool, [(at, "acme", "movie-1", *near), (at, "acme", "movie-2", 100, 0, 0, 1, 10)])
     tokens = tokens_in_shards(4)
     sent = [
         payload(token=tokens[0][0], content="movie-1", cdn=10, p2p=1, timespan=100),
@@ -380,11 +376,9 @@ def test_metrics_show_the_unresolved_isolated_rows(config, redis, pool, client, 
         return metric(response.get_data(as_text=True), "payload_stats_quarantined_rows")
 
     assert quarantined_rows() == 0
-    execute(
+    write_rows(
         pool,
-        "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads, watch_ms) "
-        "VALUES (to_timestamp(%s), 'acme', 'movie-1', %s, 0, 0, 1, 0)",
-        (END, MAX_BIGINT),
+        [(datetime.fromtimestamp(END, tz=timezone.utc), "acme", "movie-1", MAX_BIGINT, 0, 0, 1, 0)],
     )
     assert post(client, "/stats", payload(cdn=1)) == (200, {"accepted": 1, "duplicates": 0})
     job = FlushJob(redis, pool, config, clock)

@@ -17,7 +17,7 @@ from payload_stats.buffer import keys as k_
 from payload_stats.buffer.ingest import record
 from payload_stats.buffer.keys import Keys
 from payload_stats.buffer.scripts import Scripts
-from tests.conftest import payload
+from tests.conftest import payload, write_rows
 from tests.integration.test_exactness_support import (
     MAX_BIGINT,
     environment,
@@ -59,12 +59,7 @@ def test_flush_exits_3_until_isolated_rows_are_merged_or_discarded(config, redis
     )
     redis.hset(hurt, "c", "abc")
     near = (MAX_BIGINT - 5, 7, 1, 1, 0)
-    execute(
-        pool,
-        "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads, watch_ms) "
-        "VALUES (to_timestamp(%s), 'acme', 'movie-1', %s, %s, %s, %s, %s)",
-        (end, *near),
-    )
+    write_rows(pool, [(datetime.fromtimestamp(end, tz=timezone.utc), "acme", "movie-1", *near)])
 
     flushed = run_cli(env, "flush")
     assert flushed.returncode == 3, (flushed.stdout, flushed.stderr)

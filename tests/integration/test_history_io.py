@@ -24,12 +24,9 @@ from payload_stats.ops import importer
 from payload_stats.postgres import rollups
 from payload_stats.postgres.pool import connection
 from tests.conftest import START, write_rows
-from tests.integration.test_cli import ROOT, environment
 from tests.integration.test_history_api import get, walk
 from tests.integration.test_rollups import assert_rollups_exact, query
-
-one_shard = pytest.mark.parametrize("shards", [1], ids=["1shard"])
-pytestmark = one_shard
+from tests.support.servers import ROOT, cli_environment
 
 NOW = datetime.fromtimestamp(START, tz=timezone.utc)  # 2026-11-26T10:00:01Z
 # Commands run as subprocesses check times against the real clock: an hour
@@ -42,7 +39,7 @@ HEADER = "time,customer,content,cdn,p2p,sessions,payloads,watch_ms\n"
 def run(config, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "payload_stats", *args],
-        env=environment(config),
+        env=cli_environment(config),
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -412,7 +409,7 @@ def test_import_as_a_terminal_shows_progress(config, pool, tmp_path):
     text, want = history_csv(3, 50, RECENT)
     path = tmp_path / "h.csv"
     path.write_text(text)
-    env = environment(config)
+    env = cli_environment(config)
     pid, fd = pty.fork()
     if pid == 0:  # the child: stderr (and stdout) on the pseudo-terminal
         os.chdir(ROOT)

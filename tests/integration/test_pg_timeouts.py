@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg2
@@ -31,7 +32,7 @@ from payload_stats.flush.lock import flush_with_lock
 from payload_stats.flush.scheduler import FlushJob, RetentionJob
 from payload_stats.postgres.pool import connection, flush_pool, web_pool
 from payload_stats.web.app import create_app
-from tests.conftest import START, payload, stats_rows
+from tests.conftest import START, payload, stats_rows, write_rows
 from tests.support.servers import (
     UNREACHABLE_DATABASE_URL,
     cli_environment,
@@ -42,6 +43,13 @@ from tests.support.servers import (
 )
 
 one_shard = pytest.mark.parametrize("shards", [1], ids=["1shard"])
+NOW = datetime.fromtimestamp(START, tz=timezone.utc)
+
+
+def a_row(pool, at: datetime = NOW) -> None:
+    """One stats row (and so its day partition): with none, a read or the
+    retention has no partition of ``stats`` to touch, locked or not."""
+    write_rows(pool, [(at, "acme", "movie-1", 1, 1, 1, 1)])
 
 
 @contextmanager
@@ -93,6 +101,7 @@ def test_web_and_flush_connections_carry_their_timeouts(config, pool):
 
 @one_shard
 def test_history_answers_503_within_the_lock_timeout(config, pool, clock, database_url):
+    a_row(pool)
     app = create_app(replace(config, pg_lock_timeout_ms=300), clock=clock)
     client = app.test_client()
     assert client.get("/stats").status_code == 200
@@ -113,13 +122,16 @@ def test_history_answers_503_within_the_lock_timeout(config, pool, clock, databa
 def test_a_slow_statement_is_cancelled_and_answered_503(config, pool, clock, monkeypatch):
     from payload_stats.query import history
 
+    a_row(pool)
     app = create_app(replace(config, pg_statement_timeout_ms=200), clock=clock)
-    real_sql = history.sql
-    monkeypatch.setattr(
-        history,
-        "sql",
-        lambda name: f"SELECT page.* FROM (SELECT pg_sleep(5)) AS slow, ({real_sql(name)}) AS page",
-    )
+    real_slice = history._raw_slice
+
+    def slow_slice(conn, *args):
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(5)")  # a statement of the read, slow
+        return real_slice(conn, *args)
+
+    monkeypatch.setattr(history, "_raw_slice", slow_slice)
     began = time.monotonic()
     response = app.test_client().get("/stats")
     assert response.status_code == 503, response.get_data(as_text=True)
@@ -262,6 +274,7 @@ def test_the_flush_lock_is_never_held_past_its_ttl_by_a_stuck_flusher(redis, poo
 @one_shard
 def test_retention_against_a_locked_table_gives_up_and_retries(config, pool, caplog):
     config = replace(config, pg_lock_timeout_ms=300, retention_days=1)
+    a_row(pool, NOW - timedelta(days=3))  # a day partition to drop
     retries = []
     pruning = flush_pool(config, 1)
     job = RetentionJob(pruning, config, lambda: START, retry=lambda: retries.append(1))
@@ -339,6 +352,7 @@ def test_a_locked_stats_table_does_not_slow_ingest(config, pool, redis, tmp_path
     the lock timeout (or at once when the read slots are full), and the probes'
     p99 stays close to the p99 of the same probes with the table free."""
     lock_timeout = 1.0
+    a_row(pool)
     with gunicorn(config, tmp_path, STATS_PG_LOCK_TIMEOUT_MS=str(int(lock_timeout * 1000))) as port:
         reads: list[tuple[float, float, int, bytes]] = []  # began, took, status, body
         stop = threading.Event()

@@ -11,13 +11,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
-import psycopg2.extras
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from payload_stats.postgres.pool import connection
-from tests.conftest import payload
+from tests.conftest import payload, write_rows
 
 one_shard = pytest.mark.parametrize("shards", [1], ids=["1shard"])
 
@@ -43,12 +41,7 @@ def rows(pool) -> list[tuple]:
         (BASE + timedelta(minutes=5 * i), f"cu{i % 3}", f"co{i % 4}", 1000 + i, 7 * i, i % 2, 3)
         for i in range(40)
     ]
-    with connection(pool) as conn, conn, conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) VALUES %s",
-            data,
-        )
+    write_rows(pool, data)  # the write path: partitions and rollups too
     return data
 
 
@@ -237,12 +230,7 @@ def test_rollups_past_bigint_are_exact_json_integers(client, pool):
         (BASE + timedelta(minutes=5 * i), "big", f"content-{i}", BIG, BIG - i, BIG, 1)
         for i in range(6)
     ]
-    with connection(pool) as conn, conn, conn.cursor() as cur:
-        psycopg2.extras.execute_values(
-            cur,
-            "INSERT INTO stats (time, customer, content, cdn, p2p, sessions, payloads) VALUES %s",
-            data,
-        )
+    write_rows(pool, data)
     for query in ("bucket=1h&group_by=customer", "bucket=1d&group_by=customer"):
         response = client.get(f"/stats?{query}")
         assert response.status_code == 200, (query, response.get_json())

@@ -19,7 +19,6 @@ from datetime import date, datetime, timedelta, timezone
 
 import psycopg2
 import psycopg2.extras
-import pytest
 
 from payload_stats.config import Config
 from payload_stats.flush.retention import cut, prune

@@ -23,16 +23,11 @@ from payload_stats.flush.flusher import flush_once
 from payload_stats.ops import cli
 from payload_stats.postgres import quarantine, rollups
 from payload_stats.postgres.pool import connection
-from tests.conftest import START, stats_rows, write_rows
-from tests.integration.test_cli import environment
-from tests.integration.test_flush import (
-    Crash,
-    Feeder,
-    _snapshot_dump,
-    assert_drained,
-    crash_at,
-    flush_time,
-)
+from tests.conftest import START, shard_counts, write_rows
+from tests.integration.test_flush import _snapshot_dump
+from tests.support.drive import Crash, Feeder, crash_at, flush_time
+from tests.support.servers import cli_environment
+from tests.support.store import assert_drained, stats_table
 
 MAX_BIGINT = 2**63 - 1
 K0 = math.floor(START / 300)
@@ -127,12 +122,13 @@ def send_over_boundaries(feeder: Feeder) -> list[int]:
     return sorted({(math.floor(t / length) + 1) * length for t in instants})
 
 
+@shard_counts
 def test_rollups_equal_the_rows_after_flushes_across_hours_and_days(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     ends = send_over_boundaries(feeder)
     clock.now = flush_time(ends[-1], config)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_rollups_exact(pool)
     got = rollup_tables(pool)
     # The window ending at midnight belongs to the new day (its time is its end).
@@ -142,6 +138,7 @@ def test_rollups_equal_the_rows_after_flushes_across_hours_and_days(redis, pool,
     assert got["stats_customer_hourly"][(new_day, "popular")][3:] == (16, 16 * 30_000)
 
 
+@shard_counts
 def test_rollups_with_stragglers(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     ends = send_over_boundaries(feeder)
@@ -151,10 +148,11 @@ def test_rollups_with_stragglers(redis, pool, config, clock):
     feeder.send([feeder.make("cust-1", "content-1", cdn=5, p2p=6)], START + 2)
     feeder.send([feeder.make("late", "new", cdn=9, p2p=1)], ends[-1] - 1)
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_rollups_exact(pool)
 
 
+@shard_counts
 def test_a_replayed_snapshot_adds_nothing_to_the_rollups(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     ends = send_over_boundaries(feeder)
@@ -177,6 +175,7 @@ def test_a_replayed_snapshot_adds_nothing_to_the_rollups(redis, pool, config, cl
     assert_drained(redis, config)
 
 
+@shard_counts
 @pytest.mark.parametrize(
     ("point", "occurrence"),
     [("after_freeze", 1), ("mid_batch", 1), ("mid_batch", 3), ("after_commit", 2)],
@@ -189,7 +188,7 @@ def test_rollups_after_a_crash_mid_flush(redis, pool, config, clock, point, occu
         flush_once(redis, pool, config, clock, failpoint=crash_at(point, occurrence))
     assert_rollups_exact(pool)  # whatever committed, rows and rollups together
     flush_once(redis, pool, config, clock)
-    assert stats_rows(pool) == feeder.ledger.expected()
+    assert stats_table(pool) == feeder.model.rows()
     assert_rollups_exact(pool)
     assert_drained(redis, config)
 
@@ -197,7 +196,6 @@ def test_rollups_after_a_crash_mid_flush(redis, pool, config, clock, point, occu
 # --- numbers past bigint ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 def test_rollups_past_bigint_are_exact(client, pool):
     """Two rows of 2^63-1 in one hour: the rollup holds 2^64-2, served exactly."""
     end = datetime(2026, 11, 26, 10, 5, tzinfo=timezone.utc)
@@ -220,7 +218,6 @@ def test_rollups_past_bigint_are_exact(client, pool):
 # --- the quarantine merge -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 def test_a_quarantine_merge_updates_the_rollups(redis, pool, config, clock):
     feeder = Feeder(redis, config)
     end = datetime.fromtimestamp((K0 + 1) * 300, tz=timezone.utc)
@@ -271,11 +268,10 @@ def written(pool):
 
 
 def run_verify(config, *args: str):
-    env = environment(config)
+    env = cli_environment(config)
     return CliRunner().invoke(cli.cli, ["verify", *args], env=env, catch_exceptions=False)
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 @pytest.mark.parametrize(
     ("table", "change"),
     [
@@ -312,7 +308,6 @@ def test_verify_finds_a_corrupted_rollup(config, pool, written, table, change):
     assert run_verify(config, "--from", other_day, "--to", other_day + "T23:59:59Z").exit_code == 0
 
 
-@pytest.mark.parametrize("shards", [1], ids=["1shard"])
 def test_verify_needs_a_range(config, pool):
     result = run_verify(config, "--from", "2026-11-26")
     assert result.exit_code == 2
