@@ -41,8 +41,8 @@ def table(cur, name: str) -> None:
 
 def fill(cur, name: str, first: str, last: str, keys: int) -> None:
     cur.execute(
-        f"INSERT INTO {name} SELECT t, 'customer-' || lpad((k % 10)::text, 2, '0'), "
-        "'vod/' || lpad((k / 10)::text, 5, '0'), 1000000 + k, 500000 + k, k % 3, 10, 300000 "
+        f"INSERT INTO {name} SELECT t, 'customer-' || lpad((k %% 10)::text, 2, '0'), "
+        "'vod/' || lpad((k / 10)::text, 5, '0'), 1000000 + k, 500000 + k, k %% 3, 10, 300000 "
         "FROM generate_series(%s::timestamptz, %s::timestamptz, interval '5 minutes') AS t, "
         "generate_series(0, %s) AS k",
         (first, last, keys - 1),
