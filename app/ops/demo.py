@@ -135,10 +135,11 @@ class Devices:
         self.audience: Counter = Counter()  # (customer, content) -> sessions playing it
         self.queue: list[tuple[float, int, int]] = []  # (due, seq, device)
         self.seq = 0
-        # Start staggered over the first seconds: numbers move at once, then
-        # sessions end and start all the time.
+        # Start spread over one interval, as players that were already playing:
+        # numbers move at once, every window gets its share of payloads, and
+        # from then on sessions end and start all the time.
         for device in range(count):
-            self._at(now + rng.uniform(0, min(10.0, interval)), device)
+            self._at(now + rng.uniform(0, interval), device)
 
     def _at(self, due: float, device: int) -> None:
         self.seq += 1
