@@ -51,6 +51,8 @@
       " " + units[i];
   }
 
+  function plural(n, word) { return fmtInt(n) + " " + word + (n === 1 ? "" : "s"); }
+
   function fmtShare(cdn, p2p) {
     var total = cdn + p2p;
     return total ? (100 * p2p / total).toFixed(1) + " %" : "–";
@@ -69,6 +71,15 @@
   function fmtViewers(watchMs, seconds) {
     if (watchMs == null || !(seconds > 0)) return "–";
     return (watchMs / (seconds * 1000)).toFixed(1);
+  }
+
+  // Average concurrent viewers of the open window so far: watch time over the time
+  // elapsed, shown once enough of the window has passed for it to mean something
+  // (a payload reports the watching of its whole interval when it arrives).
+  function openViewers(watchMs, status) {
+    var elapsed = status.open_window.elapsed_seconds;
+    if (elapsed < Math.min(30, status.window_seconds / 2)) return "–";
+    return fmtViewers(watchMs, elapsed);
   }
 
   function fmtTime(epoch) {
@@ -245,7 +256,7 @@
     setValue("total-sessions", fmtInt(w.sessions), w.sessions);
     setValue("total-payloads", fmtInt(w.payloads), w.payloads);
     setValue("total-watch", fmtDuration(w.watch_ms), w.watch_ms);
-    setValue("total-viewers", fmtViewers(w.watch_ms, status.open_window.elapsed_seconds), null);
+    setValue("total-viewers", openViewers(w.watch_ms, status), null);
   }
 
   function cell(tr, text, exact, numeric) {
@@ -285,8 +296,7 @@
       cell(tr, fmtInt(r.payloads), r.payloads, true);
       var watch = r.watch_ms == null ? null : r.watch_ms;
       cell(tr, fmtDuration(watch), watch, true);
-      var seconds = t === openEnd ? status.open_window.elapsed_seconds : L;
-      cell(tr, fmtViewers(watch, seconds), null, true);
+      cell(tr, t === openEnd ? openViewers(watch, status) : fmtViewers(watch, L), null, true);
       fresh.appendChild(tr);
     });
     tbody.replaceChildren(fresh);
@@ -392,19 +402,24 @@
     return data;
   }
 
+  // The sums over a chart; watch time only when every window with payloads has it
+  // (history rows carry watch_ms only where the service reports it).
   function totalsOf(data) {
-    var t = { cdn: 0, p2p: 0, sessions: 0, payloads: 0, watch_ms: null };
+    var t = { cdn: 0, p2p: 0, sessions: 0, payloads: 0, watch_ms: 0 };
+    var missing = false;
     data.x.forEach(function (_, i) {
       t.cdn += data.cdn[i]; t.p2p += data.p2p[i]; t.sessions += data.sessions[i];
       t.payloads += data.payloads[i];
-      if (data.watch_ms[i] != null) t.watch_ms = (t.watch_ms || 0) + data.watch_ms[i];
+      if (data.watch_ms[i] != null) t.watch_ms += data.watch_ms[i];
+      else if (data.payloads[i] > 0) missing = true;
     });
+    if (missing || !t.payloads) t.watch_ms = null;
     return t;
   }
 
   function describe(t, seconds) {
     var text = "CDN " + fmtBytes(t.cdn) + " · P2P " + fmtBytes(t.p2p) + " (" + fmtShare(t.cdn, t.p2p) +
-      ") · " + fmtInt(t.sessions) + " sessions started · " + fmtInt(t.payloads) + " payloads";
+      ") · " + plural(t.sessions, "session") + " started · " + plural(t.payloads, "payload");
     if (t.watch_ms != null) {
       text += " · watch time " + fmtDuration(t.watch_ms) + " (avg " + fmtViewers(t.watch_ms, seconds) +
         " viewers)";
