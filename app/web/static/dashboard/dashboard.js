@@ -342,7 +342,15 @@
       width: Math.max(320, el.clientWidth || 800),
       height: 260,
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
-      scales: { x: { time: true }, pct: { range: [0, 100] } },
+      scales: {
+        // Half a bar of room at each end, so the first and last bars show whole.
+        x: { time: true, range: function (u, min, max) {
+          var xs = u.data[0];
+          var pad = xs.length > 1 ? (xs[1] - xs[0]) / 2 : 1;
+          return [min - pad, max + pad];
+        } },
+        pct: { range: [0, 100] },
+      },
       legend: { live: true },
       series: [
         { label: "UTC", value: function (u, v) { return v == null ? "–" : fmtDateTime(v, true); } },
