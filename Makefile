@@ -1,17 +1,27 @@
-# Common tasks; each is one plain command you can also type yourself.
-.PHONY: install test lint format serve
+# Common tasks; each is one plain command you can also type yourself. Every
+# target uses the virtual environment .venv (made on first use), as the README does.
+.PHONY: install test lint format serve demo
 
-install:
-	pip install -e '.[test]'
+VENV = .venv
+BIN = $(VENV)/bin
 
-test:
-	ruff check . && ruff format --check . && pytest
+$(BIN)/activate:
+	python3 -m venv $(VENV)
+
+install: $(BIN)/activate
+	$(BIN)/pip install -e '.[test]'
+
+test: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/pytest
 
 lint:
-	ruff check . && ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 format:
-	ruff check --fix . && ruff format .
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-serve:
-	payload-stats serve
+serve: install
+	$(BIN)/payload-stats serve
+
+demo: install
+	$(BIN)/payload-stats serve --demo

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 
@@ -47,6 +47,9 @@ class LiveRead:
     matched: int  # rows found among the counters read (before the limit)
     counters: int  # counter hashes listed in Redis (live and frozen)
     counters_read: int  # of which read, at most the budget
+    # The sums of every matched row per window (before the limit), oldest first:
+    # customer and content are "" (all of them).
+    windows: list[LiveRow] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -83,6 +86,7 @@ def top_rows(
     *,
     customer: str | None = None,
     content: str | None = None,
+    search: str | None = None,
     only_window: int | None = None,
     limit: int | None = 100,
     max_keys: int | None = None,
@@ -105,7 +109,8 @@ def top_rows(
     ``time_budget`` seconds (None: no limit). When a budget cuts the read, the rows are the top rows
     of what was read (``LiveRead.complete`` is False), and a row spread over
     several shards may lack some of its partial sums. Ties in traffic are
-    ordered newest window first.
+    ordered newest window first. ``search`` keeps the rows whose customer or
+    content contains it, ignoring case (also applied to the idents).
     """
     started = time.monotonic()
     budget = max_keys or config.live_max_keys
@@ -144,13 +149,18 @@ def top_rows(
     # Filters on the ident bytes, before any counter is read ("n:customer:content").
     head = None if customer is None else k_.encode_ident(customer, "")
     tail = None if content is None else b":" + content.encode("utf-8", "surrogatepass")
+    needle = search.casefold() if search else None
     jobs: list[tuple[_Source, bytes]] = []
     skipped = 0
     for src, found in zip(sources, idents, strict=True):
         for ident in found:
-            if (head is not None and not ident.startswith(head)) or (
-                tail is not None
-                and not (ident.endswith(tail) and k_.decode_ident(ident)[1] == content)
+            if (
+                (head is not None and not ident.startswith(head))
+                or (
+                    tail is not None
+                    and not (ident.endswith(tail) and k_.decode_ident(ident)[1] == content)
+                )
+                or (needle is not None and not _contains(ident, needle))
             ):
                 skipped += 1
             else:
@@ -203,7 +213,23 @@ def top_rows(
         )
         for k, ident, t in top
     ]  # fmt: skip
-    return LiveRead(rows, len(found_rows), counters, skipped + done)
+    windows: dict[int, Counters] = {}
+    for k, _, total in found_rows:
+        windows[k] = windows[k] + total if k in windows else total
+    per_window = [
+        LiveRow(window_end(k, length), "", "", t.cdn, t.p2p, t.sessions, t.payloads, t.watch_ms)
+        for k, t in sorted(windows.items())
+    ]
+    return LiveRead(rows, len(found_rows), counters, skipped + done, per_window)
+
+
+def _contains(ident: bytes, needle: str) -> bool:
+    """Whether the customer or content of ``ident`` contains ``needle`` (casefolded)."""
+    try:
+        customer, content = k_.decode_ident(ident)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return needle in customer.casefold() or needle in content.casefold()
 
 
 def _read_idents(

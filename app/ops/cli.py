@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import click
 import psycopg2
@@ -24,7 +23,8 @@ from ..postgres.migrations import migrate
 from ..postgres.pool import database_pool, flush_pool
 from ..query import export as query_export
 from ..query import history_params
-from . import embedded, importer, processes, startup
+from . import embedded, importer, startup
+from .demo import demo_command
 
 # Exit codes: 1 a server cannot be reached, 2 refused as configured, 3 rows
 # isolated by the flush wait for an operator (payload-stats quarantine), 4 an
@@ -60,19 +60,21 @@ def _config(*, attach: bool = True) -> Config:
     """The configuration; unset URLs are taken from a running embedded ``serve``."""
     try:
         config = Config.from_env()
+        logs.configure(config)
+        return embedded.attach(config) if attach else config
     except ConfigError as exc:
         _fail(str(exc), 2)
-    logs.configure(config)
-    return embedded.attach(config) if attach else config
 
 
 def _require(config: Config, *names: str) -> None:
+    """Exit 1 (nothing to talk to) unless every URL in ``names`` is known."""
     for name in names:
         if not getattr(config, name.lower()):
             _fail(
-                f"{name} is not set (see .env.example; `payload-stats serve` "
-                "starts embedded servers when it is unset)",
-                2,
+                f"no {name} and no running serve in {config.data_dir}/: start "
+                f"payload-stats serve (it starts embedded servers), or set {name} "
+                "(environment or .env)",
+                UNREACHABLE,
             )
 
 
@@ -80,6 +82,9 @@ def _require(config: Config, *names: str) -> None:
 @click.version_option(package_name="payload-stats")
 def cli() -> None:
     """Video-player telemetry into billing-grade traffic statistics."""
+
+
+cli.add_command(demo_command)
 
 
 @cli.command("init-db")
@@ -215,58 +220,28 @@ def web(bind: str | None, workers: int | None) -> None:
 @cli.command()
 @click.option("--bind", metavar="HOST:PORT", help="Listen address [STATS_BIND, 127.0.0.1:8000].")
 @click.option("--workers", type=click.IntRange(1), help="Gunicorn workers [STATS_WEB_WORKERS].")
-def serve(bind: str | None, workers: int | None) -> None:
+@click.option(
+    "--window",
+    type=click.IntRange(1, 86400),
+    metavar="SECONDS",
+    help="Window length [STATS_WINDOW_SECONDS, 300], with a grace and flush interval to "
+    "match (10: rows every 10 s). Recorded like the setting (docs/deployment.md).",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Also run simulated devices (payload-stats demo), with 10-second windows unless "
+    "--window, on embedded servers of its own under STATS_DATA_DIR/demo.",
+)
+def serve(bind: str | None, workers: int | None, window: int | None, demo: bool) -> None:
     """Run the HTTP service and the flush scheduler until SIGTERM/SIGINT.
 
     With REDIS_URL or DATABASE_URL unset, starts embedded servers for them
     under STATS_DATA_DIR (pip install 'payload-stats[embedded]').
     """
-    config = _config(attach=False)
-    if config.redis_cluster and not config.redis_url:
-        _fail(
-            "STATS_REDIS_CLUSTER=1 needs REDIS_URL naming a node of the cluster "
-            "(the embedded Redis is a single server)",
-            REFUSED,
-        )
-    try:
-        with embedded.EmbeddedServers(config) as servers:
-            code = _serve(servers.config, bind, workers)
-    except embedded.EmbeddedError as exc:
-        _fail(str(exc))
-    sys.exit(code)
+    from . import serve as serving_command
 
-
-def _serve(config: Config, bind: str | None, workers: int | None) -> int:
-    # A PostgreSQL down is tolerated: the scheduler keeps retrying, and
-    # payloads are buffered in Redis meanwhile.
-    _start(
-        config,
-        redis_client(config),
-        database_pool(config, 1),
-        migrate_schema=True,
-        tolerate_down=True,
-    )
-    web_argv = [sys.executable, "-m", "payload_stats", "web"]
-    if bind:
-        web_argv += ["--bind", bind]
-    if workers:
-        web_argv += ["--workers", str(workers)]
-    click.echo(
-        f"payload-stats: serving on http://{bind or config.bind}\n"
-        f"  REDIS_URL={config.redis_url}\n  DATABASE_URL={config.database_url}",
-        err=True,
-    )
-    env = embedded.environment(config)
-    env.setdefault("STATS_LOG_FORMAT", config.log_format)  # a terminal: text unless asked
-    started = time.monotonic()
-    code = processes.supervise(
-        [web_argv, [sys.executable, "-m", "payload_stats", "scheduler"]], env
-    )
-    if code and time.monotonic() - started < 5:
-        click.echo(
-            "payload-stats: error: a process failed to start; see the messages above", err=True
-        )
-    return code
+    serving_command.run(bind=bind, workers=workers, window=window, demo=demo)
 
 
 @cli.group(invoke_without_command=True)
@@ -527,4 +502,10 @@ def verify(start, end) -> None:
 
 
 def main() -> None:
+    from . import dotenv_file
+
+    try:
+        dotenv_file.load()
+    except dotenv_file.EnvFileError as exc:
+        _fail(str(exc), REFUSED)
     cli(prog_name="payload-stats")

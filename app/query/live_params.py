@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, post_load, pre_load
+from marshmallow.validate import Length
 
 from .history_params import Limit, no_nul
 
@@ -15,6 +16,7 @@ class LiveQuery:
     customer: str | None = None
     content: str | None = None
     limit: int = 100
+    search: str | None = None
 
 
 class LiveArgs(Schema):
@@ -27,6 +29,10 @@ class LiveArgs(Schema):
     content = fields.String(validate=no_nul, metadata={"description": "Only this content"})
     limit = Limit(
         load_default=100, metadata={"description": "Rows, the most traffic first (1..1000)"}
+    )
+    search = fields.String(
+        validate=[no_nul, Length(max=256)],
+        metadata={"description": "Only rows whose customer or content contains this (any case)"},
     )
 
     @pre_load

@@ -125,7 +125,8 @@ def _guarded(chunks: Iterator[str]) -> Iterator[str]:
         200: {
             "description": 'The top rows by traffic: {"rows": [...], "truncated": bool, '
             '"matched": rows found, "counters": counter hashes in Redis, "counters_read": '
-            "of which read (at most STATS_LIVE_MAX_KEYS)}"
+            'of which read (at most STATS_LIVE_MAX_KEYS), "windows": the sums of every '
+            "matched row per window, oldest first}"
         },
         **error_responses(400, 401, 503),
     },
@@ -140,6 +141,7 @@ def get_live(query: LiveQuery):
             services.config,
             customer=query.customer,
             content=query.content,
+            search=query.search,
             limit=query.limit,
         )
     except RedisError as exc:
@@ -164,4 +166,16 @@ def get_live(query: LiveQuery):
         matched=found.matched,
         counters=found.counters,
         counters_read=found.counters_read,
+        windows=[
+            {
+                "time": _iso(datetime.fromtimestamp(w.time, tz=timezone.utc)),
+                "cdn": w.cdn,
+                "p2p": w.p2p,
+                "sessions": w.sessions,
+                "payloads": w.payloads,
+                "watch_ms": w.watch_ms,
+                "p2p_share": _share(w.cdn, w.p2p),
+            }
+            for w in found.windows
+        ],
     )

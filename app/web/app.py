@@ -24,7 +24,7 @@ from ..ingest.group_commit import GroupCommit
 from ..ingest.schema import PayloadSchema
 from ..postgres.pool import web_pool
 from ..query import views as query_views
-from . import docs, errors, health, metrics
+from . import dashboard, docs, errors, health, metrics, status
 from .metrics import Metrics
 
 
@@ -72,7 +72,8 @@ def create_app(config: Config | None = None, *, clock: Callable[[], float] | Non
         read_slots=threading.BoundedSemaphore(config.read_slots),
     )
     app.extensions["payload_stats"] = services
-    docs.init_app(app, [ingest_views.bp, query_views.bp, health.bp, metrics.bp])
+    api = docs.init_app(app, [ingest_views.bp, query_views.bp, status.bp, health.bp, metrics.bp])
+    dashboard.init_app(app, api.spec)
     errors.init_app(app)  # after flask-smorest's own handlers, to replace them
     _instrument(app, services.metrics)
     return app

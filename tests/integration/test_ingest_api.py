@@ -283,12 +283,17 @@ def test_other_methods_on_stats_get_405_json(client, redis, key_prefix, seeded, 
 
 
 def test_unknown_paths_get_404_json(client, redis, key_prefix, seeded):
-    for path in ("/", "/nope", "/stats/", "/stats/extra", "/STATS"):
+    for path in ("/nope", "/stats/", "/stats/extra", "/STATS"):
         for method in ("GET", "POST"):
             resp = client.open(
                 path, method=method, data=encode(base()), content_type="application/json"
             )
             assert_error(resp, 404, "not_found")
+    # "/" is the way to the dashboard, for GET only.
+    resp = client.get("/")
+    assert (resp.status_code, resp.headers["Location"]) == (302, "dashboard")
+    resp = client.post("/", data=encode(base()), content_type="application/json")
+    assert_error(resp, 405, "method_not_allowed")
     assert_unchanged(redis, key_prefix, seeded)
 
 

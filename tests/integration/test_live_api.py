@@ -111,11 +111,24 @@ def live(client, **params: Any) -> dict[tuple, dict[str, Any]]:
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.is_json
     body = response.get_json()
-    assert set(body) == {"rows", "truncated", "matched", "counters", "counters_read"}
+    assert set(body) == {"rows", "truncated", "matched", "counters", "counters_read", "windows"}
     assert body["truncated"] is False  # these tests stay far below every bound
     rows = {(r["time"], r["customer"], r["content"]): r for r in body["rows"]}
     assert len(rows) == len(body["rows"]), "a (window, customer, content) row was repeated"
+    # Nothing left out: the sums per window are the rows' sums.
+    sums: dict[str, dict[str, int]] = {}
+    for r in body["rows"]:
+        total = sums.setdefault(r["time"], dict.fromkeys(SUMMED, 0))
+        for name in SUMMED:
+            total[name] += r[name]
+    assert body["windows"] == [
+        {"time": t, **total, "p2p_share": share(total["cdn"], total["p2p"])}
+        for t, total in sorted(sums.items())
+    ]
     return rows
+
+
+SUMMED = ("cdn", "p2p", "sessions", "payloads", "watch_ms")
 
 
 @pytest.fixture
@@ -262,6 +275,7 @@ def test_empty(client):
         "matched": 0,
         "counters": 0,
         "counters_read": 0,
+        "windows": [],
     }
 
 

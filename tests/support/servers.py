@@ -205,6 +205,7 @@ def cli_environment(config: Any = None, **variables: str) -> dict[str, str]:
             STATS_FLUSH_BATCH_SIZE=str(config.flush_batch_size),
             STATS_FLUSH_LOCK_SECONDS=str(config.flush_lock_seconds),
         )
+    env["STATS_ENV_FILE"] = os.devnull  # never a developer's .env
     env.update(variables)
     return env
 

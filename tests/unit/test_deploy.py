@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,20 +105,41 @@ def test_ports_are_bound_to_localhost(compose):
             assert port.startswith("127.0.0.1:"), (name, port)
 
 
-def test_every_variable_the_app_reads_is_set_for_the_app(compose):
-    example = _env_example()
+def test_the_app_services_take_the_defaults_and_an_optional_env_file(compose):
     for name in APP_SERVICES + CLUSTER_APP_SERVICES:
         service = compose["services"][name]
-        env_files = [entry["path"] for entry in service["env_file"]]
-        assert ".env.example" in env_files
-        settings = {**example, **service["environment"]}
-        missing = set(VARIABLES) - OPTIONAL - set(settings)
-        assert not missing, (name, missing)
+        assert service["env_file"] == [{"path": ".env", "required": False}]
+        settings = service["environment"]
         if name in APP_SERVICES:
             assert settings["REDIS_URL"].startswith("redis://redis:")
-            assert settings["STATS_REDIS_CLUSTER"] == "0"
         assert "@postgres:5432/" in settings["DATABASE_URL"]
         assert settings["STATS_BIND"] == "0.0.0.0:8000"
+        # Everything else is Config's default unless .env says otherwise.
+        assert set(settings) <= set(VARIABLES), (name, set(settings) - set(VARIABLES))
+
+
+def test_env_example_changes_nothing_when_copied():
+    """Every line of .env.example is commented out, and shows the default."""
+    from dotenv import dotenv_values
+
+    from payload_stats.config import Config
+
+    assert dotenv_values(ROOT / ".env.example") == {}
+    defaults = Config()
+    shown = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.fullmatch(r"# ([A-Z_]+)=(.*)", line)
+        if match:
+            shown[match[1]] = match[2]
+    assert set(shown) >= set(VARIABLES)
+    for name, value in shown.items():
+        if value == "":
+            continue  # unset: the default depends on other settings or on the command
+        parsed = Config.from_env({name: value})
+        assert parsed == replace(
+            defaults, **{k: getattr(parsed, k) for k in ("redis_url", "database_url")}
+        ), name
+    assert shown["REDIS_URL"] and shown["DATABASE_URL"]  # shown, commented: embedded when unset
 
 
 def _flags(command: list[str]) -> dict[str, str]:
