@@ -72,7 +72,9 @@ def test_every_curl_example_runs_against_a_live_service(config, pool):
             )
             assert done.returncode == 0, (command, done.stderr)
             body = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-            if body.startswith(("{", "[")):
+            if done.stdout.startswith("time,"):  # a CSV export: its header, then rows
+                assert "cdn,p2p,sessions,payloads" in done.stdout.splitlines()[0], command
+            elif body.startswith(("{", "[")):
                 answer = json.loads(body)
                 assert "error" not in answer, (command, answer)
                 if shown is not None and shown.startswith("{"):
