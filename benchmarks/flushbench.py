@@ -2,46 +2,32 @@
 
 The window is filled with N distinct (customer, content) counter hashes,
 then one ``flush_once`` moves it into PostgreSQL, in a fresh process so its
-peak memory can be read. The peer is ``copy``: the same N rows COPY'd into a
-staging table and upserted into a copy of the ``stats`` table (its indexes
-included), in one transaction, straight from a Python list -- the
-PostgreSQL floor, no Redis.
+peak memory can be read. The peer is ``copy``: the same N rows through the
+project's own write path (ledger claim, COPY into staging, the upsert into
+``stats`` and its rollups), in one transaction, straight from a Python list
+-- the PostgreSQL floor of the same write, no Redis.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import multiprocessing
 import resource
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg2
 
 from payload_stats.buffer.connection import redis_client
+from payload_stats.buffer.snapshots import Row
 from payload_stats.config import Config
 from payload_stats.flush.flusher import flush_once
+from payload_stats.postgres import partitions, writes
 from payload_stats.postgres.migrations import migrate
 from payload_stats.postgres.pool import database_pool
 
 from . import fill
-
-# The project's own table, indexes included, so the peer pays the same upkeep.
-COPY_TABLE = "CREATE TABLE IF NOT EXISTS copy_stats (LIKE stats INCLUDING ALL)"
-COPY_STAGING = """
-CREATE TEMPORARY TABLE copy_staging (customer text, content text, cdn bigint,
-    p2p bigint, sessions bigint, payloads bigint) ON COMMIT DROP
-"""
-COPY_UPSERT = """
-INSERT INTO copy_stats AS s (time, customer, content, cdn, p2p, sessions, payloads)
-SELECT to_timestamp(%s), customer, content, sum(cdn), sum(p2p), sum(sessions), sum(payloads)
-FROM copy_staging GROUP BY customer, content
-ON CONFLICT (time, customer, content) DO UPDATE SET cdn = s.cdn + EXCLUDED.cdn,
-    p2p = s.p2p + EXCLUDED.p2p, sessions = s.sessions + EXCLUDED.sessions,
-    payloads = s.payloads + EXCLUDED.payloads
-"""
 
 
 def _rss_mb() -> float:
@@ -81,26 +67,28 @@ def time_flush(config: Config) -> dict[str, Any]:
 
 
 def copy_baseline(database_url: str, n: int, window_end: float) -> dict[str, Any]:
-    """The peer: COPY + upsert of ``n`` rows in one transaction; rows and seconds."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    for p in fill.key_payloads(n):
-        writer.writerow((p["customer"], p["content"], p["cdn"], p["p2p"], 0, 1))
+    """The peer: the same ``n`` rows through the project's own write path (ledger
+    claim, COPY into staging, upsert into ``stats`` and its rollups) in one
+    transaction, from a Python list built beforehand: the PostgreSQL floor of
+    a flush, no Redis. Written at a window a day after the flushed one."""
+    end = datetime.fromtimestamp(window_end + 86_400, tz=timezone.utc)
+    rows = [
+        Row(p["customer"], p["content"], p["cdn"], p["p2p"], 0, 1, p["timespan"])
+        for p in fill.key_payloads(n)
+    ]
     conn = psycopg2.connect(database_url)
     try:
-        with conn, conn.cursor() as cur:
-            cur.execute(COPY_TABLE)
+        partitions.ensure(conn, [partitions.day_of(end)])
         started = time.perf_counter()
-        with conn, conn.cursor() as cur:
-            cur.execute(COPY_STAGING)
-            buf.seek(0)
-            cur.copy_expert("COPY copy_staging FROM STDIN WITH (FORMAT csv)", buf)
-            cur.execute(COPY_UPSERT, (window_end,))
-            rows = cur.rowcount
+        with conn:
+            owned = writes.claim_ids(conn, end, ["copy-peer"])
+            writes.start_staging(conn, end)
+            writes.stage(conn, rows)
+            written = writes.upsert(conn, end, owned)
         seconds = time.perf_counter() - started
     finally:
         conn.close()
-    return {"rows": rows, "seconds": seconds}
+    return {"rows": written.rows, "seconds": seconds}
 
 
 def run(config: Config, n: int) -> dict[str, Any]:

@@ -127,29 +127,47 @@ def _batches(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[
         start += size
 
 
+def batch_starts(redis: Redis, config: Config, snapshot: Snapshot) -> range:
+    """Where each batch of the snapshot's ident list starts (the list is fixed
+    once frozen: nothing is added to a snapshot)."""
+    name = Keys(config.key_prefix).snapshot_list(snapshot.shard, snapshot.flush_id, snapshot.k)
+    return range(0, int(redis.llen(name)), config.flush_batch_size)
+
+
+def read_batch(
+    redis: Redis, scripts: Scripts, config: Config, snapshot: Snapshot, start: int
+) -> list[Row | Unreadable]:
+    """The rows of the batch of the snapshot's idents that begins at ``start``.
+
+    It first completes the freeze of their counter hashes (COLLECT). A hash
+    that does not read as a row (a damaged name or value) comes out as
+    :class:`Unreadable`, for the flusher to isolate.
+    """
+    keys = Keys(config.key_prefix)
+    s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
+    idents = redis.lrange(keys.snapshot_list(s, f, k), start, start + config.flush_batch_size - 1)
+    if not idents:
+        return []
+    live = [keys.counters(s, k, ident) for ident in idents]
+    frozen = [keys.snapshot_counters(s, f, k, ident) for ident in idents]
+    values = scripts.collect(keys=live + frozen, args=[len(idents)])
+    rows: list[Row | Unreadable] = []
+    for ident, found in zip(idents, values, strict=True):
+        if found[0] == b"*":
+            rows.append(_spilled(ident, dict(zip(found[1::2], found[2::2], strict=True))))
+        elif found[3] is not None:  # payloads: the hash exists
+            rows.append(_row(ident, found))
+    return rows
+
+
 def read_snapshot(
     redis: Redis, config: Config, snapshot: Snapshot, scripts: Scripts | None = None
 ) -> Iterator[list[Row | Unreadable]]:
-    """The snapshot's rows, in batches of at most ``config.flush_batch_size``.
-
-    Each batch first completes the freeze of its counter hashes (COLLECT). A
-    hash that does not read as a row (a damaged name or value) comes out as
-    :class:`Unreadable`, for the flusher to isolate.
-    """
+    """The snapshot's rows, in batches of at most ``config.flush_batch_size``
+    (see ``read_batch``)."""
     scripts = scripts or Scripts(redis)
-    keys = Keys(config.key_prefix)
-    s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
-    for idents in _batches(redis, config, snapshot):
-        live = [keys.counters(s, k, ident) for ident in idents]
-        frozen = [keys.snapshot_counters(s, f, k, ident) for ident in idents]
-        values = scripts.collect(keys=live + frozen, args=[len(idents)])
-        rows: list[Row | Unreadable] = []
-        for ident, found in zip(idents, values, strict=True):
-            if found[0] == b"*":
-                rows.append(_spilled(ident, dict(zip(found[1::2], found[2::2], strict=True))))
-            elif found[3] is not None:  # payloads: the hash exists
-                rows.append(_row(ident, found))
-        yield rows
+    for start in batch_starts(redis, config, snapshot):
+        yield read_batch(redis, scripts, config, snapshot, start)
 
 
 def _row(ident: bytes, found: list[bytes | None]) -> Row | Unreadable:

@@ -38,7 +38,7 @@ from ..postgres import partitions, writes
 from ..postgres.pool import connection
 from ..windows import last_closed_window, window_end, window_end_datetime
 from .failpoints import Failpoint, no_failpoint
-from .prefetch import prefetched
+from .prefetch import prefetched_map
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +154,17 @@ def _write_window(
             return writes.Written()
         writes.start_staging(conn, end)
         isolated = []
-        reads = (
-            batch
+        tasks = [
+            (snap, start)
             for snap in window_snapshots
             if snap.id in owned
-            for batch in snapshots.read_snapshot(redis, config, snap, scripts)
-        )
-        for batch in prefetched(reads):
+            for start in snapshots.batch_starts(redis, config, snap)
+        ]
+
+        def read(task: tuple[Snapshot, int]) -> list:
+            return snapshots.read_batch(redis, scripts, config, *task)
+
+        for batch in prefetched_map(read, tasks):
             rows = [r for r in batch if isinstance(r, Row) and writes.fits(r)]
             if len(rows) < len(batch):
                 isolated += (r for r in batch if not (isinstance(r, Row) and writes.fits(r)))

@@ -1,57 +1,40 @@
 """Reading ahead: the next batches come from Redis while PostgreSQL takes this one.
 
 The flush reads a snapshot from Redis and COPYs it into PostgreSQL batch by
-batch; done in turn, each server waits for the other. A reader thread keeps
-a few batches ready instead, so the two round trips overlap.
+batch; done in turn, each server waits for the other. Reader threads keep a
+few batches ready instead, so the round trips overlap: two readers, so that
+one waits on Redis while the other turns a reply into rows.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+A = TypeVar("A")
 
-_DONE = object()
 
+def prefetched_map(
+    fn: Callable[[A], T], tasks: Iterable[A], workers: int = 2, depth: int = 4
+) -> Iterator[T]:
+    """``fn(task)`` for each task, in order, computed by ``workers`` threads at
+    most ``depth`` tasks ahead (so memory stays bounded).
 
-def prefetched(source: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """The items of ``source``, produced by a thread up to ``depth`` items ahead.
-
-    An exception in ``source`` is raised here, at its place in the sequence.
-    Stopping early (an exception in the consumer) stops the thread after at
-    most ``depth`` more items.
+    An exception raised by ``fn`` is raised here, at its place in the order;
+    stopping early cancels what has not started.
     """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
+    pending: deque[Future[T]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flush-read") as pool:
         try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        items.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put((_DONE, None))
-        except BaseException as exc:  # handed over to the consumer
-            items.put((_DONE, exc))
-
-    thread = threading.Thread(target=produce, name="flush-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = items.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+            for task in tasks:
+                pending.append(pool.submit(fn, task))
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
