@@ -27,7 +27,8 @@ import click
 from ..buffer.connection import redis_client
 from ..config import Config
 from ..postgres.pool import database_pool
-from . import cli, embedded, processes, serving
+from . import embedded, processes, serving
+from .cli_support import REFUSED, fail, load_config, start_checks
 
 #: ``serve --demo``'s window length unless --window says otherwise.
 DEMO_WINDOW_SECONDS = 10
@@ -60,25 +61,25 @@ def run(*, bind: str | None, workers: int | None, window: int | None, demo: bool
                 os.environ[name] = value
     if demo:
         os.environ["STATS_DATA_DIR"] = demo_data_dir(os.environ)
-    config = cli._config(attach=False)
+    config = load_config(attach=False)
     if demo and (config.redis_url or config.database_url):
-        cli._fail(
+        fail(
             f"serve --demo runs on embedded servers of its own under {config.data_dir}: "
             "unset REDIS_URL and DATABASE_URL (commented out in .env?), or run "
             "payload-stats demo --url URL against a service you started",
-            cli.REFUSED,
+            REFUSED,
         )
     if config.redis_cluster and not config.redis_url:
-        cli._fail(
+        fail(
             "STATS_REDIS_CLUSTER=1 needs REDIS_URL naming a node of the cluster "
             "(the embedded Redis is a single server)",
-            cli.REFUSED,
+            REFUSED,
         )
     address = bind or config.bind
     try:
         serving.check_address(address)
     except serving.AddressError as exc:
-        cli._fail(str(exc), cli.REFUSED)
+        fail(str(exc), REFUSED)
     stop = processes.StopFlag().install()
     try:
         code = _with_servers(config, address, workers, demo, stop)
@@ -109,7 +110,7 @@ def _with_servers(
     except embedded.EmbeddedError as exc:
         if stop:
             return _interrupted(stop)
-        cli._fail(str(exc))
+        fail(str(exc))
     try:
         if stop:
             return _interrupted(stop)
@@ -123,7 +124,7 @@ def _serve(
 ) -> int:
     # A PostgreSQL down is tolerated: the scheduler keeps retrying, and
     # payloads are buffered in Redis meanwhile.
-    cli._start(
+    start_checks(
         config,
         redis_client(config),
         database_pool(config, 1),
