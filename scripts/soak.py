@@ -362,8 +362,9 @@ class Hostile(Load):
         except ValueError:
             return response.status, None
 
-    def send_batch(self, items: list[dict[str, Any]]) -> None:
-        """POST a batch of new payloads until it is answered 2xx (all or nothing)."""
+    def send_batch(self, items: list[dict[str, Any]]) -> bool:
+        """POST a batch of new payloads until it is answered 2xx (all or nothing);
+        False when it never was."""
         t_before = time.time()
         uncertain = False  # an attempt may have been written (no answer, or a timeout)
         for attempt in range(10):
@@ -392,15 +393,19 @@ class Hostile(Load):
             ):
                 self.counts["bad_answers"] += 1
                 self.errors.append(f"{status} {answer} on a batch of {n} new payloads")
-                return
+                return False
             if answer["duplicates"] and not uncertain:
                 self.counts["new_payload_duplicate"] += 1
                 self.errors.append("a batch of new payloads was answered as duplicates")
             for body in items:  # counted now, or by the attempt that got no answer
                 self._count(body, t_before, t_after, True)
             self.counts["hostile_batches"] += 1
-            return
-        self.counts["unanswered"] += len(items)
+            return True
+        if uncertain:
+            self.counts["unanswered"] += len(items)
+        else:  # refused every time by a full Redis: nothing written, nothing owed
+            self.counts["hostile_refused"] += 1
+        return False
 
     def tokens_in_shard(self, n: int, shard: int = 0) -> list[str]:
         """``n`` new tokens of one shard: their payloads share one counter hash."""
@@ -414,8 +419,9 @@ class Hostile(Load):
     def run(self) -> dict[str, Any]:
         rng, length = self.rng, self.length
         fills = 0
+        first = True  # an overflow first, before Redis is ever full: it lands for sure
         while time.time() < self.job.stop_at:
-            roll = rng.random()
+            roll, first = (0.0 if first else rng.random()), False
             if roll < 0.3:
                 # Overflow: two batches into one (window, shard, customer, content),
                 # early in a window so both land in it.
@@ -442,7 +448,8 @@ class Hostile(Load):
                 # batch is resent once the flush has made room).
                 for _ in range(5):
                     fills += 1
-                    self.send_batch(
+                    full_before = self.counts["buffer_full"]
+                    answered = self.send_batch(
                         [
                             {
                                 "token": self.token(),
@@ -456,6 +463,8 @@ class Hostile(Load):
                             for i in range(1000)
                         ]
                     )
+                    if not answered or self.counts["buffer_full"] > full_before:
+                        break  # full: let the flush drain it
             else:
                 # Another customer posts the victim's token and sessionDuration:
                 # both are counted, neither is a retry of the other.
@@ -735,7 +744,10 @@ def main(argv: list[str] | None = None) -> int:
     own_redis = None
     if args.hostile:
         # A Redis of the soak's own, with little room: the hostile process fills it.
-        own_redis = servers.RedisServer(workdir / "redis", appendonly=False).start()
+        own_redis = servers.RedisServer(workdir / "redis", appendonly=False)
+        # No per-command latency histograms: they take memory as commands first run.
+        own_redis.options += ["--latency-tracking", "no"]
+        own_redis.start()
         used = Redis.from_url(own_redis.url).info("memory")["used_memory"]
         Redis.from_url(own_redis.url).config_set("maxmemory", used + HOSTILE_ROOM)
         args.redis_url = own_redis.url

@@ -16,11 +16,11 @@ from tests.integration.test_exactness_support import (
     OwnRedis,
     WebProcess,
     environment,
-    free_port,
     metric,
     only_line,
     run_cli,
 )
+from tests.support.servers import free_port
 
 REFUSAL = (
     "payload-stats: error: Redis maxmemory-policy is 'allkeys-lru': it may evict buffered "

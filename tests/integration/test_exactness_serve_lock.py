@@ -22,9 +22,9 @@ from tests.integration.test_exactness_support import (
     ROOT,
     WebProcess,
     environment,
-    free_port,
     only_line,
 )
+from tests.support.servers import free_port
 
 
 def redis_servers_in(directory: Path) -> set[int]:

@@ -22,12 +22,12 @@ from tests.conftest import payload
 from tests.integration.test_exactness_support import (
     environment,
     execute,
-    free_port,
     keyspace,
     only_line,
     run_cli,
     stats_table,
 )
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.parametrize("shards", [4], ids=["4shards"])
 

