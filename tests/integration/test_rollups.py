@@ -2,8 +2,8 @@
 
 The hourly and daily rollups are written in the flush's transaction, from the
 same summed rows as ``stats``. Every test here computes the rollups in Python
-from the ``stats`` rows read back (and ``stats`` itself from the SPEC-based
-``Ledger`` of test_flush), and compares the four rollup tables with them
+from the ``stats`` rows read back (and ``stats`` itself against the reference
+model, ``tests/support/model.py``), and compares the four rollup tables with them
 exactly, after flushes across hour and day boundaries, stragglers, a
 replayed snapshot, a crash at each failpoint, a quarantine merge. ``verify``
 must find nothing then, and must find a rollup corrupted on purpose.
