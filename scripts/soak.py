@@ -150,16 +150,16 @@ class Load:
             self.counts["boundary"] += answer.end is None
         self.last_after = max(self.last_after, t_after)
 
-    def _post(self, body: Any) -> tuple[int, Any]:
-        """One request; (status, JSON body).
+    def _post(self, body: Any, path: str = "/stats", timeout: float = 10) -> tuple[int, Any]:
+        """One request; (status, JSON body). A list body is a batch of len(body) payloads.
 
         Raises OSError or http.client.HTTPException when there is no answer.
         """
-        conn = http.client.HTTPConnection("127.0.0.1", self.job.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.job.port, timeout=timeout)
         try:
             conn.request(
                 "POST",
-                "/stats",
+                path,
                 body=json.dumps(body).encode(),
                 headers={"Content-Type": "application/json"},
             )
@@ -167,7 +167,7 @@ class Load:
             data = response.read()
         finally:
             conn.close()
-        self.counts["sent"] += 1
+        self.counts["sent"] += len(body) if isinstance(body, list) else 1
         try:
             return response.status, json.loads(data)
         except ValueError:
@@ -343,25 +343,6 @@ class Hostile(Load):
     OVERFLOW = ("hostile", "overflow")
     BATCH = 600  # two such batches of timespan 2^53 - 1 pass 2^63 in one counter
 
-    def _post_batch(self, items: list[dict[str, Any]]) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.job.port, timeout=30)
-        try:
-            conn.request(
-                "POST",
-                "/stats/batch",
-                body=json.dumps(items).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            response = conn.getresponse()
-            data = response.read()
-        finally:
-            conn.close()
-        self.counts["sent"] += len(items)
-        try:
-            return response.status, json.loads(data)
-        except ValueError:
-            return response.status, None
-
     def send_batch(self, items: list[dict[str, Any]]) -> bool:
         """POST a batch of new payloads until it is answered 2xx (all or nothing);
         False when it never was."""
@@ -371,7 +352,7 @@ class Hostile(Load):
             if attempt:
                 time.sleep(self._pause(attempt))
             try:
-                status, answer = self._post_batch(items)
+                status, answer = self._post(items, "/stats/batch", timeout=30)
             except (OSError, http.client.HTTPException) as exc:
                 self.counts["no_answer"] += 1
                 self.errors.append(f"no answer to a batch: {exc!r}")
