@@ -249,15 +249,31 @@ class LocalCluster:
             replica.call("CLUSTER", "REPLICATE", master_id)
 
     def wait_healthy(self, timeout: float = 30) -> None:
-        """Every running node sees cluster_state:ok, every master its replicas in sync."""
+        """Every running node sees cluster_state:ok, every master its replicas in sync.
+
+        With every node running, every node must also give the same slot map with
+        ``replicas`` replicas per master: a restarted node is known as a replica only
+        once its new master gossiped it, and a test that asks for a master's replica
+        must not run before.
+        """
 
         def healthy() -> bool:
             try:
+                views = set()
                 for node in self.nodes:
                     if not node.running:
                         continue
                     if b"cluster_state:ok" not in node.call("CLUSTER", "INFO"):  # type: ignore[operator]
                         return False
+                    views.add(self._slot_map(node))
+                if all(node.running for node in self.nodes):
+                    if len(views) != 1:
+                        return False
+                    if any(len(replicas) < self.replicas for *_, replicas in views.pop()):
+                        return False
+                for node in self.nodes:
+                    if not node.running:
+                        continue
                     info = node.info("replication")
                     if info["role"] == "master":
                         if self.replicas and node.name in self.master_names():
@@ -270,6 +286,16 @@ class LocalCluster:
                 return False
 
         wait_for(healthy, timeout, "cluster_state:ok and replicas in sync")
+
+    @staticmethod
+    def _slot_map(node: Node) -> tuple:
+        """``node``'s view: (first slot, last slot, master port, replica ports) per range."""
+        return tuple(
+            sorted(
+                (start, end, master[1], tuple(sorted(r[1] for r in replicas)))
+                for start, end, master, *replicas in node.call("CLUSTER", "SLOTS")  # type: ignore[union-attr]
+            )
+        )
 
     def _slots(self) -> list:
         for node in self.nodes:
