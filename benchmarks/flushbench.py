@@ -35,14 +35,30 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _peak_rss_mb() -> float:
+    """The process's peak RSS since ``_reset_peak_rss`` (VmHWM). Not ru_maxrss: it
+    survives exec, so a spawned child would report its parent's size at fork."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def _flush_child(config: Config, queue: Any) -> None:
     redis = redis_client(replace(config, redis_timeout_seconds=60))
     pool = database_pool(config, 1)
+    _reset_peak_rss()
     rss_before = _rss_mb()
     started = time.perf_counter()
     report = flush_once(redis, pool, config)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     queue.put(
         {
             "rows": report.rows,
