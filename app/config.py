@@ -42,6 +42,7 @@ class Config:
     redis_timeout_seconds: float = 1.0
     redis_memory_ready_ratio: float = 0.9
     flush_batch_size: int = 1000
+    flush_chunk_rows: int = 50_000
     flush_lock_seconds: float = 60.0
     data_dir: str = "var"
     bind: str = "127.0.0.1:8000"
@@ -157,10 +158,12 @@ class Config:
         """(statement, lock) timeouts of the flush's and retention's connections.
 
         Both are capped at a fifth of STATS_FLUSH_LOCK_SECONDS. The flusher
-        extends its Redis lock between batches; between two extensions it runs
-        at most three statements (upsert, totals, commit; or claim, staging,
-        COPY), so with each bounded by a fifth of the TTL a flush stuck on
-        PostgreSQL gives up, and releases the lock, before the lock can expire.
+        extends its Redis lock between batches and between the long statements
+        of each chunk's upsert; between two extensions it runs at most three
+        statements (the chunk's totals, the pairs it remembers, the next batch's
+        COPY; or claim, staging, COPY), so with each bounded by a fifth
+        of the TTL a flush stuck on PostgreSQL gives up, and releases the lock,
+        before the lock can expire.
         """
         cap = max(1, int(self.flush_lock_seconds * 1000 / 5))
         return min(self.flush_statement_timeout_ms, cap), min(self.pg_lock_timeout_ms, cap)
@@ -271,6 +274,7 @@ _VARIABLES: dict[str, tuple[str, str, dict[str, Any]]] = {
         {**_NUMBER, "validate": [_finite, Range(0, 1)]},
     ),
     "STATS_FLUSH_BATCH_SIZE": ("flush_batch_size", "int", {"validate": Range(1, 100_000)}),
+    "STATS_FLUSH_CHUNK_ROWS": ("flush_chunk_rows", "int", {"validate": Range(1, 10_000_000)}),
     "STATS_FLUSH_LOCK_SECONDS": (
         "flush_lock_seconds",
         "float",

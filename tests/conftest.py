@@ -148,6 +148,7 @@ def config(redis_url: str, pg_schema: str, key_prefix: str, shards: int) -> Conf
         shards=shards,
         key_prefix=key_prefix,
         flush_batch_size=7,  # small, so tests cross batch boundaries
+        flush_chunk_rows=20,  # and windows are added in several chunks
     )
 
 

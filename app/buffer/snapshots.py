@@ -8,7 +8,7 @@ it (docs/exactly-once.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -117,16 +117,6 @@ def pending_snapshots(redis: Redis, config: Config) -> list[Snapshot]:
     return sorted(found)
 
 
-def _batches(redis: Redis, config: Config, snapshot: Snapshot) -> Iterator[list[bytes]]:
-    """The snapshot's idents, ``config.flush_batch_size`` at a time."""
-    name = Keys(config.key_prefix).snapshot_list(snapshot.shard, snapshot.flush_id, snapshot.k)
-    size = config.flush_batch_size
-    start = 0
-    while idents := redis.lrange(name, start, start + size - 1):
-        yield idents
-        start += size
-
-
 def batch_starts(redis: Redis, config: Config, snapshot: Snapshot) -> range:
     """Where each batch of the snapshot's ident list starts (the list is fixed
     once frozen: nothing is added to a snapshot)."""
@@ -190,16 +180,27 @@ def _spilled(ident: bytes, fields: dict[bytes, bytes]) -> Row | Unreadable:
     return Row(customer, content, c.cdn, c.p2p, c.sessions, c.payloads, c.watch_ms)
 
 
-def release(redis: Redis, config: Config, snapshot: Snapshot) -> None:
-    """Delete a snapshot. Only ever called once PostgreSQL holds it; idempotent."""
+def release(redis: Redis, config: Config, snapshot: Snapshot, map_batches: Callable = map) -> None:
+    """Delete a snapshot. Only ever called once PostgreSQL holds it; idempotent.
+
+    Its counter hashes go first, batch by batch; ``map_batches`` (the built-in
+    ``map``, or the flusher's ``prefetched_map``) runs one deletion per batch.
+    """
     keys = Keys(config.key_prefix)
     s, f, k = snapshot.shard, snapshot.flush_id, snapshot.k
-    for idents in _batches(redis, config, snapshot):
-        redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
+    name = keys.snapshot_list(s, f, k)
+
+    def unlink_batch(start: int) -> None:
+        idents = redis.lrange(name, start, start + config.flush_batch_size - 1)
+        if idents:
+            redis.unlink(*(keys.snapshot_counters(s, f, k, ident) for ident in idents))
+
+    for _ in map_batches(unlink_batch, batch_starts(redis, config, snapshot)):
+        pass
     # The record goes last: while it exists, a crash here is re-driven. No
     # MULTI: a Redis at maxmemory refuses every command queued in one, and this
     # is how a full Redis gets its memory back.
     pipe = redis.pipeline(transaction=False)
-    pipe.delete(keys.snapshot_list(s, f, k))
+    pipe.delete(name)
     pipe.hdel(keys.snapshots(s), snapshot.field)
     pipe.execute()

@@ -113,7 +113,7 @@ def flush_once(
             )
             failpoint("after_commit")
             for snap in by_window[k]:
-                snapshots.release(redis, config, snap)
+                snapshots.release(redis, config, snap, prefetched_map)
             on_progress()
             report.windows.append(
                 WindowReport(
@@ -161,18 +161,34 @@ def _write_window(
             for start in snapshots.batch_starts(redis, config, snap)
         ]
 
-        def read(task: tuple[Snapshot, int]) -> list:
-            return snapshots.read_batch(redis, scripts, config, *task)
-
-        for batch in prefetched_map(read, tasks):
+        def read(task: tuple[Snapshot, int]) -> tuple[str, int, list]:
+            """A batch as staging text, its row count, and what cannot be staged."""
+            batch = snapshots.read_batch(redis, scripts, config, *task)
             rows = [r for r in batch if isinstance(r, Row) and writes.fits(r)]
+            bad = []
             if len(rows) < len(batch):
-                isolated += (r for r in batch if not (isinstance(r, Row) and writes.fits(r)))
-            writes.stage(conn, rows)
+                bad = [r for r in batch if not (isinstance(r, Row) and writes.fits(r))]
+            return writes.staging_text(rows), len(rows), bad
+
+        # A large window is added in chunks: each statement stays short (under
+        # the flush's statement timeout, with the lock extended in between),
+        # and the readers fill the next chunk while PostgreSQL adds this one.
+        written = writes.Written()
+        staged = chunks = 0
+        ahead = min(256, max(4, -(-config.flush_chunk_rows // config.flush_batch_size) + 2))
+        for text, count, bad in prefetched_map(read, tasks, depth=ahead):
+            isolated += bad
+            writes.stage_text(conn, text)
+            staged += count
             failpoint("mid_batch")
             on_progress()
+            if staged >= config.flush_chunk_rows:
+                written += writes.upsert(conn, end, owned, between=on_progress, remember=True)
+                staged, chunks = 0, chunks + 1
         quarantined = writes.isolate(conn, end, isolated, owned)
-        written = writes.upsert(conn, end, owned)
+        written += writes.upsert(conn, end, owned, between=on_progress, remember=chunks > 0)
+        if chunks:  # a pair may have been added in two chunks: count it once
+            written = replace(written, rows=writes.remembered_rows(conn))
         return replace(written, quarantined=written.quarantined + quarantined)
 
 

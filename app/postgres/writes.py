@@ -19,8 +19,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 from psycopg2 import errors
@@ -47,6 +47,9 @@ class Written:
     payloads: int = 0
     watch_ms: int = 0
     quarantined: int = 0  # pairs isolated instead of added (docs/exactly-once.md)
+
+    def __add__(self, other: Written) -> Written:
+        return Written(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 def claim(conn: Connection, window_end: datetime, snapshots: Iterable[Snapshot]) -> set[str]:
@@ -87,13 +90,21 @@ def start_staging(conn: Connection, window_end: datetime | None = None) -> None:
 
 def stage(conn: Connection, rows: Iterable[Row]) -> None:
     """Bulk-load partial sums into the transaction's staging table (COPY)."""
+    stage_text(conn, staging_text(rows))
+
+
+def staging_text(rows: Iterable[Row]) -> str:
+    """``rows`` as ``stage_text`` loads them (CSV); the flusher's readers build it
+    while the main thread COPYs the batch before."""
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    for r in rows:
-        writer.writerow((r.customer, r.content, r.cdn, r.p2p, r.sessions, r.payloads, r.watch_ms))
-    buf.seek(0)
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+def stage_text(conn: Connection, text: str) -> None:
+    """Bulk-load rows written by ``staging_text``."""
     with conn.cursor() as cur:
-        cur.copy_expert(sql("copy_staging"), buf)
+        cur.copy_expert(sql("copy_staging"), io.StringIO(text))
 
 
 def stage_history(conn: Connection, records: Iterable[Sequence[object]]) -> None:
@@ -137,18 +148,26 @@ def upsert(
     snapshot_ids: Iterable[str],
     *,
     isolate_overflow: bool = True,
+    between: Callable[[], None] = lambda: None,
+    remember: bool = False,
 ) -> Written:
-    """Add the staged sums into their ``stats`` rows and into the rollups.
+    """Add the staged sums into their ``stats`` rows and into the rollups, and
+    empty the staging table (the flusher stages and upserts a large window in
+    chunks, all in one transaction).
 
     The staged rows are summed once per (time, customer, content); ``stats``
     and each rollup are upserted from those sums. Pairs whose row would pass
     bigint go to the quarantine instead, with ``snapshot_ids`` (the ledger
     ids this transaction claimed); with ``isolate_overflow=False`` the
     upsert raises ``psycopg2.errors.NumericValueOutOfRange`` instead.
+    ``between`` is called between the long statements (the flusher extends
+    its lock there). With ``remember``, the pairs are remembered for
+    ``remembered_rows``.
     """
     isolated = 0
     with conn.cursor() as cur:
         cur.execute(sql("sum_staged"))
+        between()
         if not isolate_overflow:
             cur.execute(sql("upsert_stats"))
         else:
@@ -164,13 +183,27 @@ def upsert(
                 )
                 cur.execute(sql("upsert_stats"))
             cur.execute("RELEASE SAVEPOINT upsert")
+        between()
         for name, unit in (("rollup_hourly", "hour"), ("rollup_daily", "day")):
             cur.execute(_rollup(name, unit, single_window=window_end is not None))
+            between()
         for name in ("rollup_customer_hourly", "rollup_customer_daily"):
             cur.execute(sql(name))
+            between()
         cur.execute(sql("staged_totals"))
         rows, cdn, p2p, sessions, payloads, watch_ms = (int(v) for v in cur.fetchone())
+        if remember:
+            cur.execute(sql("remember_pairs"))
+        cur.execute("DROP TABLE flush_sums")
+        cur.execute("TRUNCATE flush_staging")
     return Written(rows, cdn, p2p, sessions, payloads, watch_ms, isolated)
+
+
+def remembered_rows(conn: Connection) -> int:
+    """The distinct rows of every ``upsert(remember=True)`` of this transaction."""
+    with conn.cursor() as cur:
+        cur.execute(sql("count_pairs"))
+        return int(cur.fetchone()[0])
 
 
 def fits(row: Row) -> bool:

@@ -335,7 +335,7 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
     real_release = snapshots.release
     released = []
 
-    def release_then_crash(redis_: Redis, config_: Config, snapshot: Snapshot) -> None:
+    def release_then_crash(redis_: Redis, config_: Config, snapshot: Snapshot, *how) -> None:
         if released:  # the second release dies half-way: some counters already gone
             keys = Keys(config_.key_prefix)
             first_batch = next(snapshots.read_snapshot(redis_, config_, snapshot))
@@ -352,7 +352,7 @@ def test_crash_while_releasing_snapshots(redis, pool, config, clock, monkeypatch
             )
             raise Crash("release")
         released.append(snapshot)
-        real_release(redis_, config_, snapshot)
+        real_release(redis_, config_, snapshot, *how)
 
     monkeypatch.setattr(snapshots, "release", release_then_crash)
     with pytest.raises(Crash):

@@ -28,6 +28,7 @@ ALL_SET = {
     "STATS_REDIS_TIMEOUT_SECONDS": "0.25",
     "STATS_REDIS_MEMORY_READY_RATIO": "0.75",
     "STATS_FLUSH_BATCH_SIZE": "250",
+    "STATS_FLUSH_CHUNK_ROWS": "20000",
     "STATS_FLUSH_LOCK_SECONDS": "30",
     "STATS_BIND": "0.0.0.0:9000",
     "STATS_WEB_WORKERS": "4",
@@ -63,6 +64,7 @@ ALL_SET_EXPECTED = {
     "redis_timeout_seconds": 0.25,
     "redis_memory_ready_ratio": 0.75,
     "flush_batch_size": 250,
+    "flush_chunk_rows": 20_000,
     "flush_lock_seconds": 30.0,
     "bind": "0.0.0.0:9000",
     "web_workers": 4,
@@ -102,6 +104,7 @@ def test_defaults() -> None:
     assert config.key_prefix == "ps"
     assert config.max_body_bytes == 1024 * 1024
     assert config.flush_batch_size == 1000
+    assert config.flush_chunk_rows == 50_000
     assert config.bind == "127.0.0.1:8000"
     assert config.log_level == "INFO"
     assert config.log_format == "text"

@@ -1,0 +1,2 @@
+-- The distinct pairs remembered by remember_pairs.sql.
+SELECT count(DISTINCT pair) FROM flush_pairs
