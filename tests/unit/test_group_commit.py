@@ -1,0 +1,93 @@
+"""Group commit: requests in flight at once share calls, each gets its own answer.
+
+``write`` here is a stand-in for the INGEST call: it answers each entry with a
+value derived from it, and records how many calls ran at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from payload_stats.ingest.group_commit import GroupCommit
+
+
+class Writer:
+    def __init__(self, pause: float = 0.002, fail_call: int = -1, fail_entry: int = -1) -> None:
+        self.pause = pause
+        self.fail_call = fail_call  # a call carrying this entry raises
+        self.fail_entry = fail_entry  # this entry's own result is an error
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
+        self.groups: list[list[int]] = []
+
+    def __call__(self, entries):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            self.groups.append(list(entries))
+        try:
+            time.sleep(self.pause)
+            if self.fail_call in entries:
+                raise ConnectionError("redis went away")
+            return [
+                ValueError(f"shard of {e}") if e == self.fail_entry else ("done", e)
+                for e in entries
+            ]
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_every_request_gets_its_own_answer_in_one_call_at_a_time():
+    writer = Writer()
+    commit = GroupCommit(writer, max_group=8)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(commit.record, range(2000), timeout=60))
+    assert answers == [("done", i) for i in range(2000)]
+    written = sorted(e for group in writer.groups for e in group)
+    assert written == list(range(2000))  # each entry in exactly one call
+    assert writer.most_running == 1
+    assert max(len(g) for g in writer.groups) <= 8
+    assert len(writer.groups) < 2000  # requests in flight at once shared calls
+
+
+def test_a_request_alone_goes_at_once():
+    writer = Writer(pause=0)
+    commit = GroupCommit(writer)
+    assert [commit.record(i) for i in range(3)] == [("done", 0), ("done", 1), ("done", 2)]
+    assert writer.groups == [[0], [1], [2]]
+
+
+def test_a_failed_call_fails_exactly_its_requests():
+    writer = Writer(pause=0.005, fail_call=7)
+    commit = GroupCommit(writer, max_group=4)
+
+    def record(entry):
+        try:
+            return commit.record(entry)
+        except ConnectionError as exc:
+            return exc
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(record, range(40), timeout=60))
+    [failed] = [set(g) for g in writer.groups if 7 in g]
+    assert {i for i, a in enumerate(answers) if isinstance(a, ConnectionError)} == failed
+    assert all(answers[i] == ("done", i) for i in range(40) if i not in failed)
+
+
+def test_an_error_for_one_entry_fails_that_request_alone():
+    writer = Writer(pause=0.005, fail_entry=5)
+    commit = GroupCommit(writer, max_group=16)
+
+    def record(entry):
+        try:
+            return commit.record(entry)
+        except ValueError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(record, range(30), timeout=60))
+    assert answers == [("done", i) if i != 5 else "shard of 5" for i in range(30)]
