@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+FIRST_CHUNK_ROWS = 5000  # then twice the last, up to STATS_FLUSH_CHUNK_ROWS
+
 
 @dataclass(frozen=True)
 class WindowReport:
@@ -173,6 +175,7 @@ def _write_window(
         # A large window is added in chunks: each statement stays short (under
         # the flush's statement timeout, with the lock extended in between),
         # and the readers fill the next chunk while PostgreSQL adds this one.
+        # Chunks start small and double: reading the first overlaps nothing.
         written = writes.Written()
         staged = chunks = 0
         ahead = min(256, max(4, -(-config.flush_chunk_rows // config.flush_batch_size) + 2))
@@ -182,7 +185,7 @@ def _write_window(
             staged += count
             failpoint("mid_batch")
             on_progress()
-            if staged >= config.flush_chunk_rows:
+            if staged >= min(config.flush_chunk_rows, FIRST_CHUNK_ROWS << chunks):
                 written += writes.upsert(conn, end, owned, between=on_progress, remember=True)
                 staged, chunks = 0, chunks + 1
         quarantined = writes.isolate(conn, end, isolated, owned)
