@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 FIRST_CHUNK_ROWS = 5000  # then twice the last, up to STATS_FLUSH_CHUNK_ROWS
+MAX_ROWS_AHEAD = 100_000  # read ahead at most (as COPY text, ~60 B a row), whatever the chunk
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ def _write_window(
         # Chunks start small and double: reading the first overlaps nothing.
         written = writes.Written()
         staged = chunks = 0
-        ahead = min(256, max(4, -(-config.flush_chunk_rows // config.flush_batch_size) + 2))
+        ahead_rows = min(config.flush_chunk_rows, MAX_ROWS_AHEAD)
+        ahead = min(256, max(4, -(-ahead_rows // config.flush_batch_size) + 2))
         for text, count, bad in prefetched_map(read, tasks, depth=ahead):
             isolated += bad
             writes.stage_text(conn, text)
