@@ -167,10 +167,22 @@ def test_spilled_counter_is_counted_then_isolated_exactly(
     assert_drained(redis, config)
 
 
+PARTIAL = (MAX_BIGINT - 10, 2, 1, 1, 3)  # (cdn, p2p, sessions, payloads, watch_ms) of one shard
+
+
 @pytest.mark.parametrize("shards", [4], ids=["4shards"])
+@pytest.mark.parametrize(
+    ("chunk_rows", "rows", "isolated_sums", "part_row"),
+    [
+        (20, 1, tuple(2 * v for v in PARTIAL), None),  # one chunk: the summed partials
+        (1, 2, PARTIAL, PARTIAL),  # a chunk per row: the first partial is added, not the second
+    ],
+    ids=["one chunk", "a chunk per row"],
+)
 def test_shard_partials_summing_past_bigint_are_isolated_exactly(
-    config, redis, pool, client, clock
+    config, redis, pool, client, clock, chunk_rows, rows, isolated_sums, part_row
 ):
+    config = replace(config, flush_chunk_rows=chunk_rows)
     tokens = tokens_in_shards(4)
     for shard in (0, 1):
         body = payload(token=tokens[shard][0], customer="part", content="x", cdn=1, p2p=2,
@@ -183,46 +195,17 @@ def test_shard_partials_summing_past_bigint_are_isolated_exactly(
 
     clock.now = FLUSH_AT
     [window] = flush_once(redis, pool, config, clock).windows
-    assert (window.written.rows, window.written.quarantined) == (1, 1)
+    assert (window.written.rows, window.written.quarantined) == (rows, 1)
     [isolated] = quarantine_table(pool)
     assert (isolated["customer"], isolated["content"], isolated["time"]) == ("part", "x", END)
-    assert (
-        isolated["cdn"],
-        isolated["p2p"],
-        isolated["sessions"],
-        isolated["payloads"],
-        isolated["watch_ms"],
-    ) == (2 * (MAX_BIGINT - 10), 4, 2, 2, 6)
+    sums = ("cdn", "p2p", "sessions", "payloads", "watch_ms")
+    assert tuple(isolated[c] for c in sums) == isolated_sums
     assert "past bigint" in isolated["reason"]
     assert isolated["snapshot_ids"] == ledger_ids(pool, END)
-    assert stats_table(pool) == {(END, "other", "x"): (4, 5, 1, 1, 6)}
-    assert_drained(redis, config)
-
-
-@pytest.mark.parametrize("shards", [4], ids=["4shards"])
-def test_shard_partials_in_two_chunks_keep_the_first_and_isolate_the_second(
-    config, redis, pool, client, clock
-):
-    """A window added in chunks (here one row each): the partial added first stays in
-    the row, the one that would pass bigint is isolated; both are counted once."""
-    config = replace(config, flush_chunk_rows=1)
-    tokens = tokens_in_shards(4)
-    for shard in (0, 1):
-        body = payload(token=tokens[shard][0], customer="part", content="x", cdn=1, p2p=2,
-                       timespan=3, sessionDuration=100)  # fmt: skip
-        assert post(client, "/stats", body) == (200, {"accepted": 1, "duplicates": 0})
-        redis.hset(counter_key(config, tokens[shard][0], "part", "x"), "c", MAX_BIGINT - 10)
-    other = payload(token=tokens[2][0], customer="other", content="x", cdn=4, p2p=5, timespan=6)
-    assert post(client, "/stats", other) == (200, {"accepted": 1, "duplicates": 0})
-
-    clock.now = FLUSH_AT
-    [window] = flush_once(redis, pool, config, clock).windows
-    assert (window.written.rows, window.written.quarantined) == (2, 1)
-    [isolated] = quarantine_table(pool)
-    partial = (MAX_BIGINT - 10, 2, 1, 1, 3)
-    assert (isolated["time"], isolated["customer"], isolated["content"]) == (END, "part", "x")
-    assert tuple(isolated[c] for c in ("cdn", "p2p", "sessions", "payloads", "watch_ms")) == partial
-    assert stats_table(pool) == {(END, "part", "x"): partial, (END, "other", "x"): (4, 5, 1, 1, 6)}
+    expected = {(END, "other", "x"): (4, 5, 1, 1, 6)}
+    if part_row:
+        expected[END, "part", "x"] = part_row
+    assert stats_table(pool) == expected
     assert_drained(redis, config)
 
 

@@ -61,33 +61,30 @@ def test_a_request_alone_goes_at_once():
     assert writer.groups == [[0], [1], [2]]
 
 
-def test_a_failed_call_fails_exactly_its_requests():
-    writer = Writer(pause=0.005, fail_call=7)
-    commit = GroupCommit(writer, max_group=4)
+def answers(commit: GroupCommit, entries: range, error: type[Exception]) -> list:
+    """Each entry's answer, or the ``error`` it raised, recorded from 12 threads."""
 
     def record(entry):
         try:
             return commit.record(entry)
-        except ConnectionError as exc:
+        except error as exc:
             return exc
 
     with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(record, range(40), timeout=60))
+        return list(pool.map(record, entries, timeout=60))
+
+
+def test_a_failed_call_fails_exactly_its_requests():
+    writer = Writer(pause=0.005, fail_call=7)
+    got = answers(GroupCommit(writer, max_group=4), range(40), ConnectionError)
     [failed] = [set(g) for g in writer.groups if 7 in g]
-    assert {i for i, a in enumerate(answers) if isinstance(a, ConnectionError)} == failed
-    assert all(answers[i] == ("done", i) for i in range(40) if i not in failed)
+    assert {i for i, a in enumerate(got) if isinstance(a, ConnectionError)} == failed
+    assert all(got[i] == ("done", i) for i in range(40) if i not in failed)
 
 
 def test_an_error_for_one_entry_fails_that_request_alone():
     writer = Writer(pause=0.005, fail_entry=5)
-    commit = GroupCommit(writer, max_group=16)
-
-    def record(entry):
-        try:
-            return commit.record(entry)
-        except ValueError as exc:
-            return str(exc)
-
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(record, range(30), timeout=60))
-    assert answers == [("done", i) if i != 5 else "shard of 5" for i in range(30)]
+    got = answers(GroupCommit(writer, max_group=16), range(30), ValueError)
+    assert [str(a) if i == 5 else a for i, a in enumerate(got)] == [
+        ("done", i) if i != 5 else "shard of 5" for i in range(30)
+    ]
