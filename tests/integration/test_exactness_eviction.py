@@ -18,9 +18,8 @@ from tests.integration.test_exactness_support import (
     environment,
     metric,
     only_line,
-    run_cli,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_port, run_cli
 
 REFUSAL = (
     "payload-stats: error: Redis maxmemory-policy is 'allkeys-lru': it may evict buffered "

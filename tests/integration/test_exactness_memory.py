@@ -28,10 +28,10 @@ from tests.integration.test_exactness_support import (
     environment,
     keyspace,
     metric,
-    run_cli,
     stats_table,
     tokens_in_shards,
 )
+from tests.support.servers import run_cli
 
 HEADROOM = 400 * 1024
 END = window_end(window_index(START, 300), 300)

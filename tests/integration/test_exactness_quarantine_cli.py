@@ -25,9 +25,9 @@ from tests.integration.test_exactness_support import (
     execute,
     only_line,
     quarantine_table,
-    run_cli,
     stats_table,
 )
+from tests.support.servers import run_cli
 
 QUARANTINE_LINE = (
     "payload-stats: error: 2 isolated row(s) wait for an operator: see payload-stats quarantine"

@@ -24,10 +24,9 @@ from tests.integration.test_exactness_support import (
     execute,
     keyspace,
     only_line,
-    run_cli,
     stats_table,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_port, run_cli
 
 pytestmark = pytest.mark.parametrize("shards", [4], ids=["4shards"])
 

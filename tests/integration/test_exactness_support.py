@@ -2,7 +2,8 @@
 
 - ``OwnRedis``: a redis-server of a test's own (maxmemory, eviction policy), on a
   free port, stopped when the test ends; the machine's server is never reconfigured.
-- ``environment`` / ``run_cli``: the ``payload-stats`` command as a subprocess.
+- ``environment``: the environment of a ``payload-stats`` command run as a
+  subprocess (``tests.support.servers.run_cli``).
 - ``WebProcess``: ``payload-stats web`` (gunicorn) as a subprocess.
 - Readers of the PostgreSQL tables with every column, and of a Redis keyspace.
 """
@@ -68,11 +69,6 @@ def environment(config: Config, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
-
-
-def run_cli(env: Mapping[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """``python -m payload_stats ARGS``; killed if it outlives ``timeout``."""
-    return servers.run_cli(env, *args, timeout=timeout)
 
 
 def error_line(stderr: str) -> str:
