@@ -26,6 +26,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
 
+def _odd(text: str) -> int:
+    n = int(text)
+    if n < 1 or n % 2 == 0:
+        raise argparse.ArgumentTypeError(f"an odd number of runs, 1 or more, not {n}")
+    return n
+
+
 def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load phase [10]")
@@ -117,6 +124,13 @@ def parse(argv: list[str]) -> tuple[runner.Options, argparse.Namespace]:
         default=runner.Options.live_keys,
         help="for --only availability: counter hashes for the GET /stats/live figure [200000]",
     )
+    p.add_argument(
+        "--repeat",
+        type=_odd,
+        default=1,
+        help="run the chosen phases this many times (an odd number); each figure is "
+        "its median run's, with the range over the runs [1]",
+    )
     p.add_argument("--json", help="write the results and the table to this file")
     p.add_argument("--markdown", help="write the machine, command and table as Markdown")
     a = p.parse_args(argv)
@@ -164,7 +178,12 @@ def markdown(results: dict, table: list[report.Row], command: str) -> str:
             f"Load: {results['loader']}, {s['connections']} connections"
             f"{' (Connection: close)' if s['close'] else ''}, {s['duration']:g} s per figure in "
             f"{s['slice']:g} s slices interleaved across the servers. Every server: gunicorn "
-            f"`-c {results['gunicorn_config']}`, {served}.",
+            f"`-c {results['gunicorn_config']}`, {served}."
+            + (
+                f" Each figure is the median of {s['repeat']} runs, with the range in brackets."
+                if s.get("repeat", 1) > 1
+                else ""
+            ),
             "",
             "```sh",
             command,
@@ -190,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     loader = "wrk" if options.loader != "python" and load_wrk.available() else "python"
     started = time.time()
-    results = runner.run(options)
+    runs = []
+    for n in range(args.repeat):
+        if args.repeat > 1:
+            _log(f"run {n + 1} of {args.repeat}")
+        runs.append(runner.run(options))
+    results = dict(runs[0])
+    if args.repeat > 1:
+        results["runs"] = runs
     results.update(
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
         machine=report.machine(),
@@ -202,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             "connections": options.connections,
             "close": options.close,
             "workers": options.setup.label,
+            "repeat": args.repeat,
         },
     )
-    table = report.rows(results)
+    table = report.median_rows([report.rows(r) for r in runs])
     results["table"] = report.as_dicts(table)
     results["capacity"] = report.capacity(results)
     print(report.text_table(table))  # noqa: T20

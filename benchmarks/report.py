@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 TARGET_BATCH_RATIO = 40.0  # batches of 500, payloads/s against single POST /stats req/s
@@ -567,6 +567,28 @@ def rows(results: dict[str, Any]) -> list[Row]:
         + _worker_rows(results.get("workers", []))
         + _availability_rows(results.get("availability", {}))
     )
+
+
+def median_rows(tables: list[list[Row]]) -> list[Row]:
+    """One table from several runs of the same phases: each row is its median
+    run's (ratio, verdict and context), and the context adds the range.
+
+    With an odd number of runs the median is one run's own row, so its
+    verdict always agrees with its ratio. Raises ValueError when the runs'
+    tables do not list the same figures.
+    """
+    merged = []
+    for versions in zip(*tables, strict=True):
+        if len({(r.figure, r.peer) for r in versions}) != 1:
+            raise ValueError(f"the runs' tables differ: {versions[0].figure!r}")
+        measured = sorted((r for r in versions if r.ratio is not None), key=lambda r: r.ratio)
+        if not measured:
+            merged.append(versions[0])
+            continue
+        middle = measured[len(measured) // 2]
+        spread = f"{measured[0].ratio:.2f} to {measured[-1].ratio:.2f} over {len(measured)} runs"
+        merged.append(replace(middle, context=f"{middle.context} [{spread}]"))
+    return merged
 
 
 def as_dicts(table: list[Row]) -> list[dict[str, Any]]:
