@@ -47,7 +47,7 @@ class Config:
     data_dir: str = "var"
     bind: str = "127.0.0.1:8000"
     web_workers: int = 0  # 0: one per CPU core
-    web_threads: int = 8
+    web_threads: int = 16
     web_header_timeout_seconds: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"

@@ -25,7 +25,9 @@ _config = Config.from_env()
 bind = _config.bind
 # Threads, not processes: a request mostly waits on its Redis round trip.
 # Measured with the benchmark harness (BENCHMARKS.md): one worker per core
-# with 8 threads serves about 1.5 times what 2 x cores + 1 sync workers do.
+# with 8 threads serves about 1.5 times what 2 x cores + 1 sync workers do,
+# and 16 make a worker's INGEST calls carry more requests each (group
+# commit), for less Redis and worker CPU per request than 8.
 # gthread, plus a deadline on the request head (payload_stats.web.worker).
 worker_class = "payload_stats.web.worker.BoundedThreadWorker"
 BoundedThreadWorker.header_timeout = _config.web_header_timeout_seconds
