@@ -55,7 +55,7 @@ class Config:
     pg_statement_timeout_ms: int = 5000
     pg_lock_timeout_ms: int = 1000
     flush_statement_timeout_ms: int = 12000
-    read_concurrency: int = 0  # 0: half of web_threads
+    read_concurrency: int = 0  # 0: half of web_threads, at most 4
     live_max_keys: int = 20000
     partition_ahead_days: int = 7
     api_token: str | None = field(default=None, repr=False)
@@ -148,10 +148,14 @@ class Config:
 
     @property
     def read_slots(self) -> int:
-        """Concurrent GET /stats and /stats/live requests per web worker."""
+        """Concurrent GET /stats and /stats/live requests per web worker.
+
+        By default at most 4, so a worker never holds more than 4 PostgreSQL
+        connections for reads, however many threads it has for devices.
+        """
         if self.read_concurrency:
             return self.read_concurrency
-        return max(1, self.web_threads // 2)
+        return max(1, min(4, self.web_threads // 2))
 
     @property
     def flush_pg_timeouts_ms(self) -> tuple[int, int]:

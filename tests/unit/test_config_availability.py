@@ -49,7 +49,8 @@ def test_flush_timeouts_are_capped_at_a_fifth_of_the_lock_ttl() -> None:
 
 
 @pytest.mark.parametrize(
-    ("threads", "concurrency", "slots"), [(8, 0, 4), (1, 0, 1), (3, 0, 1), (16, 0, 8), (8, 7, 7)]
+    ("threads", "concurrency", "slots"),
+    [(8, 0, 4), (1, 0, 1), (3, 0, 1), (16, 0, 4), (64, 0, 4), (16, 12, 12)],
 )
 def test_read_slots(threads: int, concurrency: int, slots: int) -> None:
     config = Config(web_threads=threads, read_concurrency=concurrency)
