@@ -571,7 +571,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 def median_rows(tables: list[list[Row]]) -> list[Row]:
     """One table from several runs of the same phases: each row is its median
-    run's (ratio, verdict and context), and the context adds the range.
+    run's (ratio, verdict and context), and the context adds the range over
+    the runs that measured it (a single run's table comes back as it was).
 
     With an odd number of runs the median is one run's own row, so its
     verdict always agrees with its ratio. Raises ValueError when the runs'
@@ -582,8 +583,8 @@ def median_rows(tables: list[list[Row]]) -> list[Row]:
         if len({(r.figure, r.peer) for r in versions}) != 1:
             raise ValueError(f"the runs' tables differ: {versions[0].figure!r}")
         measured = sorted((r for r in versions if r.ratio is not None), key=lambda r: r.ratio)
-        if not measured:
-            merged.append(versions[0])
+        if len(measured) < 2:
+            merged.append(measured[0] if measured else versions[0])
             continue
         middle = measured[len(measured) // 2]
         spread = f"{measured[0].ratio:.2f} to {measured[-1].ratio:.2f} over {len(measured)} runs"

@@ -23,6 +23,12 @@ def test_each_figure_is_its_median_run_with_the_range():
     assert merged[1] == Row("context only", None, "bare", "first")
 
 
+def test_a_single_run_is_its_own_table():
+    table = _run(0.8, "only")
+
+    assert median_rows([table]) == table
+
+
 def test_runs_listing_different_figures_are_refused():
     other = [Row("p99 latency", 1.0, "direct", ""), Row("context only", None, "bare", "")]
 
