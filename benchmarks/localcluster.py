@@ -265,21 +265,18 @@ class LocalCluster:
                         continue
                     if b"cluster_state:ok" not in node.call("CLUSTER", "INFO"):  # type: ignore[operator]
                         return False
-                    views.add(self._slot_map(node))
-                if all(node.running for node in self.nodes):
-                    if len(views) != 1:
-                        return False
-                    if any(len(replicas) < self.replicas for *_, replicas in views.pop()):
-                        return False
-                for node in self.nodes:
-                    if not node.running:
-                        continue
                     info = node.info("replication")
                     if info["role"] == "master":
                         if self.replicas and node.name in self.master_names():
                             if info.get("connected_slaves", 0) < self.live_replicas_of(node):
                                 return False
                     elif info.get("master_link_status") != "up":
+                        return False
+                    views.add(self._slot_map(node))
+                if all(node.running for node in self.nodes):
+                    if len(views) != 1:
+                        return False
+                    if any(len(replicas) < self.replicas for *_, replicas in views.pop()):
                         return False
                 return True
             except Exception:
