@@ -95,7 +95,8 @@ def stage(conn: Connection, rows: Iterable[Row]) -> None:
 
 def staging_text(rows: Iterable[Row]) -> str:
     """``rows`` as ``stage_text`` loads them (CSV); the flusher's readers build it
-    while the main thread COPYs the batch before."""
+    while the main thread COPYs the batch before. A Row's fields are the
+    columns of copy_staging.sql, in the same order."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     return buf.getvalue()
