@@ -13,10 +13,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import hiredis
 from redis import Redis, RedisCluster
 from redis._parsers import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 from redis.retry import Retry
 
@@ -28,6 +30,27 @@ from ..config import Config, ConfigError
 # shard is on it answers 503 within milliseconds; a host that does not answer
 # costs (1 + retries) x STATS_REDIS_TIMEOUT_SECONDS at most.
 CLUSTER_RETRIES = 3
+
+
+class CommandPacker(HiredisRespSerializer):
+    """redis-py's hiredis command packer, minus a pass over every argument.
+
+    redis-py copies each argument looking for a bytearray or memoryview
+    before handing the tuple to hiredis; on an INGEST call of a batch that
+    pass cost about as much as the packing itself (1.5 against 0.8 us per
+    payload). A command whose first word is one argument goes straight to
+    hiredis; anything hiredis refuses (a bytearray) and multi-word command
+    names ("SCRIPT LOAD") take redis-py's own path, errors included.
+    """
+
+    def pack(self, *args: Any) -> list[bytes]:
+        head = args[0]
+        if type(head) is str and " " not in head:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return super().pack(*args)
 
 
 def redis_client(config: Config) -> Redis:
@@ -47,6 +70,7 @@ def redis_client(config: Config) -> Redis:
         socket_timeout=config.redis_timeout_seconds,
         socket_connect_timeout=config.redis_timeout_seconds,
         health_check_interval=30,
+        command_packer=CommandPacker(),
     )
 
 
