@@ -3,9 +3,10 @@
 The way databases commit many transactions with one log flush. A request
 that finds no call under way makes one at once, alone: at low load nothing
 waits. Requests that arrive while a call is under way queue; when it
-returns, the first of them makes the next call for all of them. Under load
-the groups grow by themselves, and one INGEST script call (one round trip,
-atomic as a whole) carries many requests' payloads. Each request still gets
+returns, the first of them makes the next call for them (for as many as
+fit in 1000 payloads). Under load the groups grow by themselves, and one
+INGEST script call (one round trip, atomic as a whole) carries many
+requests' payloads. Each request still gets
 its own answer, and a Redis error fails exactly the requests of that call.
 On Redis Cluster ``write`` makes one call per shard and returns, for a
 request whose call failed, the error instead of its result: that request
@@ -51,13 +52,28 @@ class _Waiter:
         return self.result
 
 
+def _payloads(entry: Entry) -> int:
+    return len(entry.payloads)
+
+
 class GroupCommit:
     """Shares calls to ``write`` (all entries of a call in one round trip)
-    between the threads of one process."""
+    between the threads of one process.
 
-    def __init__(self, write: Write, max_group: int = 256) -> None:
+    A call carries queued entries, in order, while their ``weight`` (by
+    default their payloads) adds up to at most ``limit``, and always at
+    least one. A script call holds Redis for its whole run: the default of
+    1000 payloads, one full batch, keeps a call near 10 ms of Redis time, so
+    workers sending batches at once do not make every other request wait
+    behind one call of thousands.
+    """
+
+    def __init__(
+        self, write: Write, limit: int = 1000, weight: Callable[[Entry], int] = _payloads
+    ) -> None:
         self.write = write
-        self.max_group = max_group
+        self.limit = limit
+        self.weight = weight
         self._lock = threading.Lock()
         self._queue: list[_Waiter] = []
         self._busy = False  # a call is under way, or about to be
@@ -82,8 +98,15 @@ class GroupCommit:
 
     def _lead(self) -> None:
         with self._lock:
-            group = self._queue[: self.max_group]
-            del self._queue[: self.max_group]
+            queue, weight = self._queue, self.weight
+            total, end = weight(queue[0].entry), 1
+            while end < len(queue):
+                total += weight(queue[end].entry)
+                if total > self.limit:
+                    break
+                end += 1
+            group = queue[:end]
+            del queue[:end]
         try:
             results = self.write([w.entry for w in group])
         except BaseException as exc:  # the whole call failed: so did each request in it

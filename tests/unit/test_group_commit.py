@@ -41,9 +41,13 @@ class Writer:
                 self.running -= 1
 
 
+def one(entry: int) -> int:
+    return 1
+
+
 def test_every_request_gets_its_own_answer_in_one_call_at_a_time():
     writer = Writer()
-    commit = GroupCommit(writer, max_group=8)
+    commit = GroupCommit(writer, limit=8, weight=one)
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(commit.record, range(2000), timeout=60))
     assert answers == [("done", i) for i in range(2000)]
@@ -56,7 +60,7 @@ def test_every_request_gets_its_own_answer_in_one_call_at_a_time():
 
 def test_a_request_alone_goes_at_once():
     writer = Writer(pause=0)
-    commit = GroupCommit(writer)
+    commit = GroupCommit(writer, weight=one)
     assert [commit.record(i) for i in range(3)] == [("done", 0), ("done", 1), ("done", 2)]
     assert writer.groups == [[0], [1], [2]]
 
@@ -76,7 +80,7 @@ def answers(commit: GroupCommit, entries: range, error: type[Exception]) -> list
 
 def test_a_failed_call_fails_exactly_its_requests():
     writer = Writer(pause=0.005, fail_call=7)
-    got = answers(GroupCommit(writer, max_group=4), range(40), ConnectionError)
+    got = answers(GroupCommit(writer, limit=4, weight=one), range(40), ConnectionError)
     [failed] = [set(g) for g in writer.groups if 7 in g]
     assert {i for i, a in enumerate(got) if isinstance(a, ConnectionError)} == failed
     assert all(got[i] == ("done", i) for i in range(40) if i not in failed)
@@ -84,7 +88,20 @@ def test_a_failed_call_fails_exactly_its_requests():
 
 def test_an_error_for_one_entry_fails_that_request_alone():
     writer = Writer(pause=0.005, fail_entry=5)
-    got = answers(GroupCommit(writer, max_group=16), range(30), ValueError)
+    got = answers(GroupCommit(writer, limit=16, weight=one), range(30), ValueError)
     assert [str(a) if i == 5 else a for i, a in enumerate(got)] == [
         ("done", i) if i != 5 else "shard of 5" for i in range(30)
     ]
+
+
+def test_a_call_carries_at_most_limit_payloads_and_always_one_entry():
+    writer = Writer(pause=0.005)
+    sizes = [400, 700, 300, 1500, 100, 600, 600]  # payloads per entry
+    commit = GroupCommit(writer, limit=1000, weight=lambda i: sizes[i % len(sizes)])
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(commit.record, range(70), timeout=60))
+    assert got == [("done", i) for i in range(70)]
+    weights = [sum(sizes[i % len(sizes)] for i in g) for g in writer.groups]
+    assert all(w <= 1000 or len(g) == 1 for w, g in zip(weights, writer.groups, strict=True))
+    assert any(len(g) > 1 for g in writer.groups)  # calls were still shared
+    assert max(weights) == 1500  # an entry over the limit goes alone
