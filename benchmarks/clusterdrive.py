@@ -1,7 +1,7 @@
 """The Redis side of a cluster, driven without the web side.
 
-Web workers under load hand ``record_entries`` groups of up to 256 requests
-(group commit). Here ``processes`` driver processes do just that, as fast as
+Web workers under load hand ``record_entries`` groups of requests (group
+commit, up to 1000 payloads a call). Here ``processes`` driver processes do just that, as fast as
 they can, against one cluster: groups of ``group`` single-payload entries of
 realistic payloads, for ``seconds``. What it measures is each master's CPU
 per payload when the masters are busy: the Redis work a payload costs on the
