@@ -1,13 +1,14 @@
 """The Redis side of a cluster, driven without the web side.
 
 Web workers under load hand ``record_entries`` groups of requests (group
-commit, up to 1000 payloads a call). Here ``processes`` driver processes do just that, as fast as
-they can, against one cluster: groups of ``group`` single-payload entries of
-realistic payloads, for ``seconds``. What it measures is each master's CPU
-per payload when the masters are busy: the Redis work a payload costs on the
-master of its shard, which is what a master's capacity is made of. On a
-machine with fewer cores than drivers plus masters, the payloads/s are the
-machine's, not the cluster's: compare the CPU per payload.
+commit, up to 1000 payloads a call). Here ``processes`` driver processes do
+just that, as fast as they can, against one cluster: groups of ``group``
+single-payload entries of realistic payloads, for ``seconds``. What it
+measures is each master's CPU per payload when the masters are busy: the
+Redis work a payload costs on the master of its shard, which is what a
+master's capacity is made of. On a machine with fewer cores than drivers
+plus masters, the payloads/s are the machine's, not the cluster's: compare
+the CPU per payload.
 """
 
 from __future__ import annotations

@@ -3,14 +3,13 @@
 The way databases commit many transactions with one log flush. A request
 that finds no call under way makes one at once, alone: at low load nothing
 waits. Requests that arrive while a call is under way queue; when it
-returns, the first of them makes the next call for them (for as many as
-fit in 1000 payloads). Under load the groups grow by themselves, and one
-INGEST script call (one round trip, atomic as a whole) carries many
-requests' payloads. Each request still gets
-its own answer, and a Redis error fails exactly the requests of that call.
-On Redis Cluster ``write`` makes one call per shard and returns, for a
-request whose call failed, the error instead of its result: that request
-alone fails with it.
+returns, the first of them makes the next call for them (for as many as fit
+in 1000 payloads). Under load the groups grow by themselves, and one INGEST
+script call (one round trip, atomic as a whole) carries many requests'
+payloads. Each request still gets its own answer, and a Redis error fails
+exactly the requests of that call. On Redis Cluster ``write`` makes one
+call per shard and returns, for a request whose call failed, the error
+instead of its result: that request alone fails with it.
 """
 
 from __future__ import annotations
@@ -63,9 +62,9 @@ class GroupCommit:
     A call carries queued entries, in order, while their ``weight`` (by
     default their payloads) adds up to at most ``limit``, and always at
     least one. A script call holds Redis for its whole run: the default of
-    1000 payloads, one full batch, keeps a call near 10 ms of Redis time, so
-    workers sending batches at once do not make every other request wait
-    behind one call of thousands.
+    1000 payloads, one full batch, keeps a call to a few milliseconds of
+    Redis time, so workers sending batches at once do not make every other
+    request wait behind one call of thousands.
     """
 
     def __init__(
