@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from ..buffer.ingest import Entry, Recorded
+from .schema import MAX_BATCH
 
 Write = Callable[[Sequence[Entry]], list[Recorded | BaseException]]
 
@@ -61,14 +62,14 @@ class GroupCommit:
 
     A call carries queued entries, in order, while their ``weight`` (by
     default their payloads) adds up to at most ``limit``, and always at
-    least one. A script call holds Redis for its whole run: the default of
-    1000 payloads, one full batch, keeps a call to a few milliseconds of
+    least one. A script call holds Redis for its whole run: the default,
+    one full batch (1000 payloads), keeps a call to a few milliseconds of
     Redis time, so workers sending batches at once do not make every other
     request wait behind one call of thousands.
     """
 
     def __init__(
-        self, write: Write, limit: int = 1000, weight: Callable[[Entry], int] = _payloads
+        self, write: Write, limit: int = MAX_BATCH, weight: Callable[[Entry], int] = _payloads
     ) -> None:
         self.write = write
         self.limit = limit

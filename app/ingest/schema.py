@@ -8,6 +8,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 MAX_BYTES = 10**12  # 1 TB in one payload
+MAX_BATCH = 1000  # payloads in one POST /stats/batch
 MAX_SAFE_INTEGER = 2**53 - 1
 
 # Control characters, lone surrogates (not encodable as UTF-8) and line or

@@ -33,13 +33,11 @@ from .body import (
     parse_ndjson,
     read_body,
 )
-from .schema import load_payloads
+from .schema import MAX_BATCH, load_payloads
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("ingest", __name__, description="Device payloads in")
-
-MAX_BATCH = 1000
 
 
 def _services_and_request() -> tuple[Any, Request]:
